@@ -1,0 +1,304 @@
+"""Greedy decoding with a KV cache, for one sequence or many advancing together.
+
+``DecodeBatch`` is the single decoding engine: local generation runs a batch of one, the cloud's
+continuous batching adds and removes sequences between steps. Keeping one code path means the
+edge and the cloud produce identical tokens by construction, and a stream cut after k tokens
+resumes from exactly those k tokens (prefix forcing).
+
+Cache layout: every decoder layer has a self-attention cache (B, H, P, Dh) whose P slots are
+described by ``self_mask`` (B, P) — a row that joined later, or whose prefix was shorter, has
+leading slots masked out — and a cross-attention cache (B, H, S, Dh) padded to the longest
+source, described by ``encoder_mask`` (B, S). Each step feeds one new token per row; the
+decoder returns the caches grown by one slot, which become the next step's past without copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tandem.errors import InputError
+from tandem.runtime.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """What to generate for one request."""
+
+    max_new_tokens: int = 256
+    """Upper bound on generated tokens, the forced first token and the prefix included."""
+    min_new_tokens: int = 0
+    """EOS is suppressed until this many tokens exist (benchmarks use it to force a length)."""
+    forced_first_token: int | None = None
+    """Token forced as the first generated one, e.g. the target-language token of NLLB."""
+    eos_token_id: int | None = None
+    """Stop token; None means the bundle's EOS."""
+    prefix: tuple[int, ...] = ()
+    """Tokens already generated (forced token included); decoding continues after them."""
+
+    def validate(self, manifest: Manifest) -> None:
+        vocab = manifest.dims.vocab_size
+        limit = manifest.dims.max_target_length - 1  # one slot is the decoder start token
+        if not 1 <= self.max_new_tokens <= limit:
+            raise InputError(f"max_new_tokens must be in [1, {limit}], got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise InputError(
+                f"min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], "
+                f"got {self.min_new_tokens}"
+            )
+        for name in ("forced_first_token", "eos_token_id"):
+            token = getattr(self, name)
+            if token is not None and not 0 <= token < vocab:
+                raise InputError(f"{name} must be in [0, {vocab}), got {token}")
+        if len(self.prefix) >= self.max_new_tokens:
+            raise InputError(
+                f"prefix has {len(self.prefix)} tokens, leaving no room under max_new_tokens "
+                f"({self.max_new_tokens}); a sequence that long is already complete"
+            )
+        for i, token in enumerate(self.prefix):
+            if not 0 <= token < vocab:
+                raise InputError(f"prefix[{i}] = {token} is outside the vocabulary [0, {vocab})")
+        eos = self.eos_token_id if self.eos_token_id is not None else manifest.tokens.eos
+        if eos in self.prefix:
+            raise InputError("prefix contains the EOS token; a finished sequence cannot continue")
+
+    def start_tokens(self) -> list[int]:
+        """Generated tokens that exist before the first decoder step."""
+        if self.prefix:
+            return list(self.prefix)
+        return [self.forced_first_token] if self.forced_first_token is not None else []
+
+
+@dataclass
+class _Row:
+    key: Hashable
+    params: GenerationParams
+    eos: int
+    tokens: list[int] = field(default_factory=list)
+    next_position: int = 0
+    next_token: int = 0
+
+
+FINISH_EOS = "eos"
+FINISH_LENGTH = "length"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One token produced for one sequence; ``finish`` is set on its last token."""
+
+    key: Hashable
+    index: int
+    token: int
+    finish: str | None
+
+
+class DecodeBatch:
+    """Sequences decoded together, one token each per ``step()``; rows join and leave freely."""
+
+    def __init__(self, sessions: dict, manifest: Manifest) -> None:
+        self._decoder = sessions["decoder"]
+        self._cache_init = sessions["cache_init"]
+        self._manifest = manifest
+        layers = manifest.dims.decoder_layers
+        self._past_names = [f"past_{kv}_{i}" for i in range(layers) for kv in ("key", "value")]
+        self._cross_names = [f"cross_{kv}_{i}" for i in range(layers) for kv in ("key", "value")]
+        self._present_names = [f"present_{kv}_{i}" for i in range(layers) for kv in ("key", "value")]
+        self._outputs = ["logits", *self._present_names]
+        self._suppress = np.array(manifest.suppress_tokens, dtype=np.int64)
+        self._forced_last = manifest.forced_last_token
+        self._rows: list[_Row] = []
+        self._past: list[np.ndarray] = []  # per name in _past_names: (B, H, P, Dh)
+        self._cross: list[np.ndarray] = []  # per name in _cross_names: (B, H, S, Dh)
+        self._self_mask = np.zeros((0, 0), dtype=np.int64)  # (B, P)
+        self._encoder_mask = np.zeros((0, 0), dtype=np.int64)  # (B, S)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def keys(self) -> list[Hashable]:
+        return [r.key for r in self._rows]
+
+    # -- joining -----------------------------------------------------------------------------
+
+    def add(self, key: Hashable, hidden: np.ndarray, params: GenerationParams) -> list[StepResult]:
+        """Join a sequence: build its cross cache, prefill its prefix, pick its next token.
+
+        ``hidden`` is (S, D) float32 encoder output of the valid source positions. Returns the
+        results already decided without a batched step: the prefix tokens are not re-emitted,
+        but the first new token is (with ``finish`` set if it ends the sequence), so callers
+        stream it at once. A sequence that finishes here never occupies a batch row.
+        """
+        if any(r.key == key for r in self._rows):
+            raise ValueError(f"sequence {key!r} is already in the batch")
+        params.validate(self._manifest)
+        dims = self._manifest.dims
+        if hidden.ndim != 2 or hidden.shape[1] != dims.hidden_size or hidden.shape[0] < 1:
+            raise InputError(
+                f"hidden states must have shape (source_length, {dims.hidden_size}), "
+                f"got {tuple(hidden.shape)}"
+            )
+        if hidden.shape[0] > dims.max_source_length:
+            raise InputError(
+                f"source has {hidden.shape[0]} positions; the model allows at most "
+                f"{dims.max_source_length}"
+            )
+        hidden = np.ascontiguousarray(hidden[None], dtype=np.float32)  # (1, S, D)
+        cross = self._cache_init.run(self._cross_names, {"hidden_states": hidden})
+        src_len = hidden.shape[1]
+        eos = params.eos_token_id if params.eos_token_id is not None else self._manifest.tokens.eos
+        row = _Row(key=key, params=params, eos=eos, tokens=params.start_tokens())
+        feed_tokens = [self._manifest.tokens.decoder_start, *row.tokens]
+        empty = np.zeros((1, dims.num_heads, 0, dims.head_dim), dtype=np.float32)
+        feeds = {
+            "input_ids": np.array([feed_tokens], dtype=np.int64),
+            "position_ids": np.arange(len(feed_tokens), dtype=np.int64)[None],
+            "self_mask": np.zeros((1, 0), dtype=np.int64),
+            "encoder_mask": np.ones((1, src_len), dtype=np.int64),
+        }
+        feeds.update({name: empty for name in self._past_names})
+        feeds.update(zip(self._cross_names, cross, strict=True))
+        logits, *present = self._decoder.run(self._outputs, feeds)
+        row.next_position = len(feed_tokens)
+        result = self._choose(row, logits[0])
+        if result.finish is not None:
+            return [result]
+        self._merge(row, present, cross, src_len)
+        return [result]
+
+    def _merge(self, row: _Row, present: list[np.ndarray], cross: list, src_len: int) -> None:
+        new_p = present[0].shape[2]
+        if not self._rows:
+            self._past = list(present)
+            self._cross = list(cross)
+            self._self_mask = np.ones((1, new_p), dtype=np.int64)
+            self._encoder_mask = np.ones((1, src_len), dtype=np.int64)
+            self._rows = [row]
+            return
+        cur_p = self._self_mask.shape[1]
+        width = max(cur_p, new_p)
+        # Self caches are left-padded so every row's newest slot is the last column.
+        self._past = [
+            np.concatenate([_pad_axis(old, 2, width, left=True), _pad_axis(new, 2, width, left=True)])
+            for old, new in zip(self._past, present, strict=True)
+        ]
+        new_mask = np.ones((1, new_p), dtype=np.int64)
+        self._self_mask = np.concatenate(
+            [
+                _pad_axis(self._self_mask, 1, width, left=True),
+                _pad_axis(new_mask, 1, width, left=True),
+            ]
+        )
+        cur_s = self._encoder_mask.shape[1]
+        s_width = max(cur_s, src_len)
+        self._cross = [
+            np.concatenate([_pad_axis(old, 2, s_width), _pad_axis(new, 2, s_width)])
+            for old, new in zip(self._cross, cross, strict=True)
+        ]
+        self._encoder_mask = np.concatenate(
+            [
+                _pad_axis(self._encoder_mask, 1, s_width),
+                _pad_axis(np.ones((1, src_len), dtype=np.int64), 1, s_width),
+            ]
+        )
+        self._rows.append(row)
+
+    # -- leaving -----------------------------------------------------------------------------
+
+    def remove(self, key: Hashable) -> bool:
+        """Drop a sequence (finished, cancelled, deadline passed); False if it is not here."""
+        index = next((i for i, r in enumerate(self._rows) if r.key == key), None)
+        if index is None:
+            return False
+        self._drop([i for i in range(len(self._rows)) if i != index])
+        return True
+
+    def _drop(self, keep: list[int]) -> None:
+        if len(keep) == len(self._rows):
+            return
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._past, self._cross = [], []
+            self._self_mask = np.zeros((0, 0), dtype=np.int64)
+            self._encoder_mask = np.zeros((0, 0), dtype=np.int64)
+            return
+        idx = np.array(keep)
+        mask = self._self_mask[idx]
+        first = int(mask.any(axis=0).argmax())  # leading columns no remaining row uses
+        enc = self._encoder_mask[idx]
+        s_len = int(enc.any(axis=0).nonzero()[0].max()) + 1
+        self._self_mask = np.ascontiguousarray(mask[:, first:])
+        self._encoder_mask = np.ascontiguousarray(enc[:, :s_len])
+        self._past = [np.ascontiguousarray(p[idx][:, :, first:]) for p in self._past]
+        self._cross = [np.ascontiguousarray(c[idx][:, :, :s_len]) for c in self._cross]
+
+    # -- stepping ----------------------------------------------------------------------------
+
+    def step(self) -> list[StepResult]:
+        """Advance every sequence by one token in one ``session.run``; finished rows leave."""
+        if not self._rows:
+            return []
+        batch = len(self._rows)
+        feeds = {
+            "input_ids": np.array([[r.next_token] for r in self._rows], dtype=np.int64),
+            "position_ids": np.array([[r.next_position] for r in self._rows], dtype=np.int64),
+            "self_mask": self._self_mask,
+            "encoder_mask": self._encoder_mask,
+        }
+        feeds.update(zip(self._past_names, self._past, strict=True))
+        feeds.update(zip(self._cross_names, self._cross, strict=True))
+        logits, *present = self._decoder.run(self._outputs, feeds)
+        self._past = present
+        self._self_mask = np.concatenate(
+            [self._self_mask, np.ones((batch, 1), dtype=np.int64)], axis=1
+        )
+        results = []
+        keep = []
+        for i, row in enumerate(self._rows):
+            row.next_position += 1
+            result = self._choose(row, logits[i])
+            results.append(result)
+            if result.finish is None:
+                keep.append(i)
+        self._drop(keep)
+        return results
+
+    def _choose(self, row: _Row, logits: np.ndarray) -> StepResult:
+        """Greedy choice for one row; records the token and whether the row is finished."""
+        if self._suppress.size or len(row.tokens) < row.params.min_new_tokens:
+            logits = logits.copy()
+            if self._suppress.size:
+                logits[self._suppress] = -np.inf
+            if len(row.tokens) < row.params.min_new_tokens:
+                logits[row.eos] = -np.inf
+        if self._forced_last is not None and len(row.tokens) == row.params.max_new_tokens - 1:
+            token = self._forced_last  # as Hugging Face's forced EOS at the length limit
+        else:
+            token = int(np.argmax(logits))
+        row.tokens.append(token)
+        row.next_token = token
+        finish = None
+        if token == row.eos:
+            finish = FINISH_EOS
+        elif len(row.tokens) >= row.params.max_new_tokens:
+            finish = FINISH_LENGTH
+        return StepResult(row.key, len(row.tokens) - 1, token, finish)
+
+    def tokens(self, key: Hashable) -> list[int]:
+        """All generated tokens of a sequence still in the batch (prefix included)."""
+        for row in self._rows:
+            if row.key == key:
+                return list(row.tokens)
+        raise KeyError(key)
+
+
+def _pad_axis(array: np.ndarray, axis: int, width: int, left: bool = False) -> np.ndarray:
+    missing = width - array.shape[axis]
+    if missing <= 0:
+        return array
+    pad = [(0, 0)] * array.ndim
+    pad[axis] = (missing, 0) if left else (0, missing)
+    return np.pad(array, pad)

@@ -27,11 +27,11 @@ from __future__ import annotations
 import enum
 import gzip
 import logging
-import math
 import operator
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import zstandard
@@ -39,6 +39,8 @@ import zstandard
 from tandem.errors import CodecError, ConfigError
 
 log = logging.getLogger(__name__)
+
+_E = TypeVar("_E", bound=enum.Enum)
 
 
 class Codec(enum.Enum):
@@ -348,7 +350,12 @@ def decode(
 
     raw = _decompress(data, compression, expected, f"{name}.data", what)
     if len(raw) != expected:
-        raise CodecError(f"{name}.data: expected {expected} bytes for {what}, got {len(raw)}")
+        after = (
+            "" if compression is Compression.NONE else f" after {compression.value} decompression"
+        )
+        raise CodecError(
+            f"{name}.data: expected {expected} bytes for {what}, got {len(raw)}{after}"
+        )
 
     values = np.frombuffer(raw, dtype=wire_dtype).reshape(rows, hidden)  # (rows, hidden) view
     if codec is Codec.INT8:
@@ -370,20 +377,18 @@ def decode(
         with np.errstate(over="ignore", invalid="ignore"):
             out = values.astype(np.float32) * scales.astype(np.float32)[:, None]
     else:
-        with np.errstate(over="ignore", invalid="ignore"):
-            out = values.astype(np.float32)  # a copy: owned, writable, native byte order
+        out = values.astype(np.float32)  # a copy: owned, writable, native byte order
 
     finite = np.isfinite(out)
     if not finite.all():
         row, col = (int(i) for i in np.argwhere(~finite)[0])
         raise CodecError(
-            f"{name}.data: non-finite value {float(out[row, col])!r} at row {row}, "
-            f"column {col}"
+            f"{name}.data: non-finite value {float(out[row, col])!r} at row {row}, column {col}"
         )
     return out
 
 
-def _check_enum[E: enum.Enum](value: object, kind: type[E], field: str) -> E:
+def _check_enum(value: object, kind: type[_E], field: str) -> _E:
     if isinstance(value, kind):
         return value
     names = ", ".join(m.value for m in kind)
@@ -501,5 +506,3 @@ __all__ = [
     "parse_codec_spec",
     "payload_bytes",
 ]
-
-_ = math  # noqa: F401

@@ -15,7 +15,7 @@ decoder returns the caches grown by one slot, which become the next step's past 
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -27,8 +27,9 @@ from tandem.runtime.manifest import Manifest
 class GenerationParams:
     """What to generate for one request."""
 
-    max_new_tokens: int = 256
-    """Upper bound on generated tokens, the forced first token and the prefix included."""
+    max_new_tokens: int | None = None
+    """Upper bound on generated tokens, forced first token and prefix included; None: the
+    model's limit (its longest decoder sequence)."""
     min_new_tokens: int = 0
     """EOS is suppressed until this many tokens exist (benchmarks use it to force a length)."""
     forced_first_token: int | None = None
@@ -38,9 +39,19 @@ class GenerationParams:
     prefix: tuple[int, ...] = ()
     """Tokens already generated (forced token included); decoding continues after them."""
 
+    def resolved(self, manifest: Manifest) -> GenerationParams:
+        """These params with defaults filled in from the bundle, validated."""
+        params = self
+        if self.max_new_tokens is None:
+            params = replace(self, max_new_tokens=manifest.dims.max_target_length - 1)
+        params.validate(manifest)
+        return params
+
     def validate(self, manifest: Manifest) -> None:
         vocab = manifest.dims.vocab_size
         limit = manifest.dims.max_target_length - 1  # one slot is the decoder start token
+        if self.max_new_tokens is None:
+            return replace(self, max_new_tokens=limit).validate(manifest)
         if not 1 <= self.max_new_tokens <= limit:
             raise InputError(f"max_new_tokens must be in [1, {limit}], got {self.max_new_tokens}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
@@ -105,7 +116,9 @@ class DecodeBatch:
         layers = manifest.dims.decoder_layers
         self._past_names = [f"past_{kv}_{i}" for i in range(layers) for kv in ("key", "value")]
         self._cross_names = [f"cross_{kv}_{i}" for i in range(layers) for kv in ("key", "value")]
-        self._present_names = [f"present_{kv}_{i}" for i in range(layers) for kv in ("key", "value")]
+        self._present_names = [
+            f"present_{kv}_{i}" for i in range(layers) for kv in ("key", "value")
+        ]
         self._outputs = ["logits", *self._present_names]
         self._suppress = np.array(manifest.suppress_tokens, dtype=np.int64)
         self._forced_last = manifest.forced_last_token
@@ -134,7 +147,7 @@ class DecodeBatch:
         """
         if any(r.key == key for r in self._rows):
             raise ValueError(f"sequence {key!r} is already in the batch")
-        params.validate(self._manifest)
+        params = params.resolved(self._manifest)
         dims = self._manifest.dims
         if hidden.ndim != 2 or hidden.shape[1] != dims.hidden_size or hidden.shape[0] < 1:
             raise InputError(
@@ -182,7 +195,9 @@ class DecodeBatch:
         width = max(cur_p, new_p)
         # Self caches are left-padded so every row's newest slot is the last column.
         self._past = [
-            np.concatenate([_pad_axis(old, 2, width, left=True), _pad_axis(new, 2, width, left=True)])
+            np.concatenate(
+                [_pad_axis(old, 2, width, left=True), _pad_axis(new, 2, width, left=True)]
+            )
             for old, new in zip(self._past, present, strict=True)
         ]
         new_mask = np.ones((1, new_p), dtype=np.int64)

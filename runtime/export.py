@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 OPSET = 17
 T5_MAX_LENGTH = 512  # relative positions have no table; this bounds memory per request
 _M2M_LANG = re.compile(r"^__([a-z]{2,3}(?:_[A-Za-z]+)?)__$")
+_TOKENIZER_FILES = (
+    "tokenizer_config.json", "spiece.model", "source.spm", "sentencepiece.bpe.model",
+    "vocab.json", "tokenizer.model",
+)  # fmt: skip
 _NLLB_LANG = re.compile(r"^([a-z]{3}_[A-Z][a-z]{3})$")
 
 
@@ -57,6 +61,9 @@ def _tokenizer_json(hf_dir: Path, out: Path, transformers) -> Path | None:
     if (hf_dir / "tokenizer.json").is_file():
         shutil.copyfile(hf_dir / "tokenizer.json", target)
         return target
+    if not any((hf_dir / f).is_file() for f in _TOKENIZER_FILES):
+        log.warning("checkpoint has no tokenizer files; bundle is ids-only")
+        return None
     try:
         tok = transformers.AutoTokenizer.from_pretrained(str(hf_dir), use_fast=True)
     except Exception as exc:  # no tokenizer files, or a slow-only tokenizer
@@ -112,6 +119,8 @@ def export_hf(
     int8: bool = False,
     name: str | None = None,
     overwrite: bool = False,
+    input_pattern: str | None = None,
+    input_description: str | None = None,
 ) -> Manifest:
     """Export a local checkpoint directory to a bundle; verifies the bundle loads."""
     torch, transformers = _require_torch()
@@ -192,6 +201,8 @@ def export_hf(
         default_forced_first_token=forced,
         suppress_tokens=_suppress(generation_config, config),
         forced_last_token=forced_last,
+        input_pattern=input_pattern,
+        input_description=input_description,
         source={
             "checkpoint": hf_dir.name,
             "model_type": config.model_type,

@@ -77,6 +77,9 @@ class Manifest:
     """Tokens greedy decoding never picks (e.g. the pad token Marian models must not emit)."""
     forced_last_token: int | None = None
     """Token forced when ``max_new_tokens`` is reached (Hugging Face's ``forced_eos_token_id``)."""
+    input_pattern: str | None = None
+    """Regex of inputs the model was trained on; outside it the CLI warns (not an error)."""
+    input_description: str | None = None
     source: dict[str, Any] = field(default_factory=dict)
     """Free-form provenance (exporter version, original checkpoint); not interpreted."""
     fingerprint: str | None = None
@@ -97,7 +100,8 @@ class Manifest:
 _TOP_KEYS = {
     "format", "name", "architecture", "dims", "tokens", "parts", "opset", "quantization",
     "tokenizer", "tokenizer_vocab_size", "languages", "default_forced_first_token",
-    "suppress_tokens", "forced_last_token", "source", "fingerprint",
+    "suppress_tokens", "forced_last_token", "input_pattern", "input_description", "source",
+    "fingerprint",
 }  # fmt: skip
 
 
@@ -205,6 +209,13 @@ def parse_manifest(data: Any) -> Manifest:
     tok_vocab = data.get("tokenizer_vocab_size")
     if tok_vocab is not None:
         _int("tokenizer_vocab_size", tok_vocab, minimum=1)
+    input_pattern = data.get("input_pattern")
+    if input_pattern is not None:
+        try:
+            re.compile(input_pattern)
+        except (re.error, TypeError) as exc:
+            raise BundleError(f"bundle.yaml: input_pattern is not a valid regex: {exc}") from exc
+    input_description = data.get("input_description")
     source = data.get("source") or {}
     if not isinstance(source, dict):
         raise BundleError("bundle.yaml: source must be a mapping")
@@ -212,7 +223,9 @@ def parse_manifest(data: Any) -> Manifest:
     if fingerprint is not None and not (
         isinstance(fingerprint, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", fingerprint)
     ):
-        raise BundleError(f"bundle.yaml: fingerprint must be 'sha256:<64 hex>', got {fingerprint!r}")
+        raise BundleError(
+            f"bundle.yaml: fingerprint must be 'sha256:<64 hex>', got {fingerprint!r}"
+        )
     return Manifest(
         name=str(data["name"]),
         architecture=data["architecture"],
@@ -227,6 +240,8 @@ def parse_manifest(data: Any) -> Manifest:
         default_forced_first_token=forced,
         suppress_tokens=tuple(suppress),
         forced_last_token=forced_last,
+        input_pattern=input_pattern,
+        input_description=input_description,
         source=dict(source),
         fingerprint=fingerprint,
     )

@@ -100,15 +100,13 @@ class Seq2Seq:
         min_new_tokens: int = 0,
         prefix: tuple[int, ...] | list[int] = (),
     ) -> GenerationParams:
-        limit = self.manifest.dims.max_target_length - 1
         params = GenerationParams(
-            max_new_tokens=limit if max_new_tokens is None else max_new_tokens,
+            max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
             forced_first_token=self.language_token(target),
             prefix=tuple(prefix),
         )
-        params.validate(self.manifest)
-        return params
+        return params.resolved(self.manifest)
 
     # -- the decoding half (device or cloud) ---------------------------------------------------
 

@@ -76,9 +76,14 @@ class CacheInitPart(nn.Module):
     def __init__(self, model, family: str) -> None:
         super().__init__()
         decoder = model.get_decoder()
-        self.heads = model.config.num_heads if family == "t5" else model.config.decoder_attention_heads
+        self.heads = (
+            model.config.num_heads if family == "t5" else model.config.decoder_attention_heads
+        )
         if family == "t5":
-            self.projs = [(blk.layer[1].EncDecAttention.k, blk.layer[1].EncDecAttention.v) for blk in decoder.block]
+            self.projs = [
+                (blk.layer[1].EncDecAttention.k, blk.layer[1].EncDecAttention.v)
+                for blk in decoder.block
+            ]
         else:
             self.projs = [_BartLayers.cross_proj(layer) for layer in decoder.layers]
         self._mods = nn.ModuleList([m for pair in self.projs for m in pair])
@@ -129,7 +134,9 @@ class BartDecoderStep(nn.Module):
         self.register_buffer("logits_bias", bias.reshape(-1) if bias is not None else None)
         self.heads = config.decoder_attention_heads
         self.scaling = (config.d_model // self.heads) ** -0.5
-        self.embed_scale = math.sqrt(config.d_model) if getattr(config, "scale_embedding", False) else 1.0
+        self.embed_scale = (
+            math.sqrt(config.d_model) if getattr(config, "scale_embedding", False) else 1.0
+        )
         self.pre_norm = family in ("m2m_100", "mbart")
         self.act = _activation(config.activation_function)
         positions = decoder.embed_positions

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tandem.runtime.codec import Codec, Compression, decode, encode
 
 from tandem import wire
 from tandem.errors import CodecError, InputError
+from tandem.runtime.codec import Codec, Compression, decode, encode
 from tandem.v1 import decoder_pb2, edge_pb2
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

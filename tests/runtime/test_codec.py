@@ -18,6 +18,8 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+from tandem.errors import CodecError, ConfigError
 from tandem.runtime.codec import (
     CODEC_DTYPE,
     CODEC_SPECS,
@@ -31,8 +33,6 @@ from tandem.runtime.codec import (
     parse_codec_spec,
     payload_bytes,
 )
-
-from tandem.errors import CodecError, ConfigError
 
 ALL_PAIRS = [(c, z) for c in Codec for z in Compression]
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

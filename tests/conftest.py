@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny exported bundles, built once per test run (no downloads)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+import hf_models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory):
+    """arch → directory of a tiny random-weight Hugging Face checkpoint."""
+    cache: dict[str, Path] = {}
+
+    def make(arch: str) -> Path:
+        if arch not in cache:
+            cache[arch] = hf_models.build(arch, tmp_path_factory.mktemp(f"hf_{arch}"))
+        return cache[arch]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def exported(hf_checkpoint, tmp_path_factory):
+    """(arch, int8) → exported bundle directory."""
+    from tandem.runtime.export import export_hf
+
+    cache: dict[tuple[str, bool], Path] = {}
+
+    def make(arch: str, int8: bool = False) -> Path:
+        key = (arch, int8)
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"bundle_{arch}{'_int8' if int8 else ''}")
+            export_hf(hf_checkpoint(arch), out, int8=int8, overwrite=True)
+            cache[key] = out
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def marian_bundle(exported) -> Path:
+    return exported("marian")

@@ -1,0 +1,122 @@
+"""Decoding invariants: batched == one-by-one, prefix forcing resumes exactly, limits hold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import hf_models
+from tandem.errors import InputError
+from tandem.runtime.decoding import GenerationParams
+from tandem.runtime.seq2seq import Seq2Seq
+
+
+@pytest.fixture(scope="module")
+def model(marian_bundle) -> Seq2Seq:
+    return Seq2Seq.load(marian_bundle)
+
+
+def _sources(n: int, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [
+        [int(t) for t in rng.integers(3, hf_models.VOCAB, size=int(rng.integers(1, 30)))] + [1]
+        for _ in range(n)
+    ]
+
+
+def test_batched_equals_one_by_one_with_joins_and_leaves(model):
+    """Rows of different source and current lengths, joining mid-way, give identical tokens."""
+    sources = _sources(12, seed=3)
+    rng = np.random.default_rng(4)
+    params = [
+        GenerationParams(
+            max_new_tokens=int(rng.integers(3, 40)),
+            min_new_tokens=int(rng.integers(0, 3)),
+            prefix=tuple(int(t) for t in rng.integers(3, 90, size=int(rng.integers(0, 3)))),
+        )
+        for _ in sources
+    ]
+    expected = [
+        model.decode(model.encode(src), p).ids[len(p.prefix) :]
+        for src, p in zip(sources, params, strict=True)
+    ]
+    batch = model.new_batch()
+    got: dict[int, list[int]] = {i: [] for i in range(len(sources))}
+    pending = list(range(len(sources)))
+    max_rows = 0
+    while pending or len(batch):
+        # Two rows join before every step: current lengths differ throughout.
+        for _ in range(2):
+            if pending:
+                i = pending.pop(0)
+                for r in batch.add(i, model.encode(sources[i]), params[i]):
+                    got[r.key].append(r.token)
+        max_rows = max(max_rows, len(batch))
+        for r in batch.step():
+            got[r.key].append(r.token)
+    assert max_rows >= 4
+    assert [got[i] for i in range(len(sources))] == expected
+
+
+def test_removing_a_row_leaves_the_others_intact(model):
+    sources = _sources(3, seed=5)
+    params = GenerationParams(max_new_tokens=30, min_new_tokens=30)
+    expected = [model.decode(model.encode(s), params).ids for s in sources]
+    batch = model.new_batch()
+    got = {i: [] for i in range(3)}
+    for i, src in enumerate(sources):
+        for r in batch.add(i, model.encode(src), params):
+            got[i].append(r.token)
+    for step in range(29):
+        if step == 10:
+            assert batch.remove(1)
+            assert not batch.remove(1)
+        for r in batch.step():
+            got[r.key].append(r.token)
+    assert got[0] == expected[0] and got[2] == expected[2]
+    assert got[1] == expected[1][:11]
+    assert len(batch) == 0
+
+
+@pytest.mark.parametrize("cut", [1, 2, 7, 19])
+def test_prefix_forcing_resumes_a_cut_sequence_exactly(model, cut):
+    for src in _sources(4, seed=cut):
+        hidden = model.encode(src)
+        full = model.decode(hidden, GenerationParams(max_new_tokens=25)).ids
+        if len(full) <= cut:
+            continue
+        resumed = model.decode(
+            hidden, GenerationParams(max_new_tokens=25, prefix=tuple(full[:cut]))
+        )
+        assert resumed.ids == full
+
+
+def test_limits_and_forced_first_token(model):
+    hidden = model.encode([5, 6, 7, 1])
+    out = model.decode(hidden, GenerationParams(max_new_tokens=5, forced_first_token=42))
+    assert out.ids[0] == 42 and len(out.ids) <= 5
+    forced = model.decode(hidden, GenerationParams(max_new_tokens=20, min_new_tokens=20))
+    assert len(forced.ids) == 20 and 1 not in forced.ids[:-1]
+    with pytest.raises(InputError, match="max_new_tokens"):
+        model.decode(hidden, GenerationParams(max_new_tokens=0))
+    with pytest.raises(InputError, match="prefix"):
+        model.decode(hidden, GenerationParams(max_new_tokens=3, prefix=(5, 6, 7)))
+    with pytest.raises(InputError, match="vocabulary"):
+        model.decode(hidden, GenerationParams(max_new_tokens=20, prefix=(10_000,)))
+    with pytest.raises(InputError, match="EOS"):
+        model.decode(hidden, GenerationParams(max_new_tokens=20, prefix=(5, 1)))
+
+
+def test_bad_sources_are_input_errors(model):
+    with pytest.raises(InputError, match="empty"):
+        model.encode([])
+    with pytest.raises(InputError, match="at most 64"):
+        model.encode([5] * 65)
+    with pytest.raises(InputError, match="vocabulary"):
+        model.encode([5, 1000])
+    with pytest.raises(InputError, match="shape"):
+        model.new_batch().add("x", np.zeros((3, 7), np.float32), GenerationParams())
+    with pytest.raises(InputError, match="no tokenizer"):
+        model.generate("hello")
+    with pytest.raises(InputError, match="unknown target language"):
+        model.generate([5, 1], target="xx")

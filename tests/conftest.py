@@ -47,3 +47,15 @@ def exported(hf_checkpoint, tmp_path_factory):
 @pytest.fixture(scope="session")
 def marian_bundle(exported) -> Path:
     return exported("marian")
+
+
+@pytest.fixture(scope="session")
+def text_bundle(tmp_path_factory) -> Path:
+    """A tiny Marian bundle with a word tokenizer and target languages en/fr (text in, text out)."""
+    from tandem.runtime.export import export_hf
+
+    hf = hf_models.build("marian", tmp_path_factory.mktemp("hf_text"), seed=1)
+    hf_models.write_word_tokenizer(hf / "tokenizer.json")
+    out = tmp_path_factory.mktemp("bundle_text")
+    export_hf(hf, out, overwrite=True)
+    return out

@@ -90,3 +90,28 @@ def hf_generate(model, src: list[int], max_new_tokens: int, forced: int | None =
             **kwargs,
         )
     return out[0].tolist()[1:]
+
+
+def write_word_tokenizer(path: Path, languages: tuple[str, ...] = ("en", "fr")) -> dict[str, int]:
+    """A word-level ``tokenizers`` JSON over the tiny vocabulary: ``w5 w17 …`` ↔ ids.
+
+    Special ids match the tiny models (pad 0, eos 1, unk 2); language tokens ``__xx__`` follow,
+    so the exporter detects them as target-language tokens (M2M100 style).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for i, lang in enumerate(languages):
+        vocab[f"__{lang}__"] = 3 + i
+    for i in range(len(vocab), VOCAB):
+        vocab[f"w{i}"] = i
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)]
+    )
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.save(str(path))
+    return vocab

@@ -1,0 +1,95 @@
+"""``EdgeClient``: how an app talks to the agent on its device.
+
+from tandem import EdgeClient
+with EdgeClient() as client:                 # default socket of this user
+    answer = client.ask("1984 42", target="fr")
+    print(answer.text, answer.route)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from tandem.edge.config import default_socket_path
+from tandem.errors import CloudUnavailable, InputError, TandemError
+from tandem.v1 import decoder_pb2, edge_pb2, edge_pb2_grpc
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    ids: list[int]
+    route: str
+    reason: str
+    fallbacks: list[str] = field(default_factory=list)
+    encode_ms: float = 0.0
+    upload_ms: float = 0.0
+    first_token_ms: float = 0.0
+    total_ms: float = 0.0
+    finish: str = ""
+
+
+class EdgeClient:
+    def __init__(self, target: str | None = None, timeout_s: float = 60.0) -> None:
+        """``target``: ``unix:/path``, a socket path, or ``host:port`` (default: the socket)."""
+        target = target or default_socket_path()
+        if target.startswith("/"):
+            target = f"unix:{target}"
+        self._channel = grpc.insecure_channel(target)
+        self._stub = edge_pb2_grpc.EdgeStub(self._channel)
+        self._timeout_s = timeout_s
+
+    def __enter__(self) -> EdgeClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def stream(
+        self,
+        text: str,
+        target: str | None = None,
+        max_new_tokens: int = 0,
+        local_only: bool = False,
+        request_id: str = "",
+    ) -> Iterator[edge_pb2.GenerateEvent]:
+        """Events as they come: text pieces, then the final event."""
+        request = edge_pb2.GenerateRequest(
+            request_id=request_id,
+            text=text,
+            target_language=target or "",
+            max_new_tokens=max_new_tokens,
+            local_only=local_only,
+            deadline_ms=int(self._timeout_s * 1000),
+        )
+        try:
+            yield from self._stub.Generate(request, timeout=self._timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InputError(exc.details()) from exc
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise CloudUnavailable(f"edge agent unavailable: {exc.details()}") from exc
+            raise TandemError(f"edge agent failed: {exc.code().name}: {exc.details()}") from exc
+
+    def ask(self, text: str, target: str | None = None, **kwargs) -> Answer:
+        for event in self.stream(text, target, **kwargs):
+            if event.WhichOneof("event") == "final":
+                f = event.final
+                return Answer(
+                    text=f.text, ids=list(f.ids), route=f.route, reason=f.reason,
+                    fallbacks=list(f.fallbacks), encode_ms=f.encode_ms, upload_ms=f.upload_ms,
+                    first_token_ms=f.first_token_ms, total_ms=f.total_ms,
+                    finish=_finish_name(f.finish_reason),
+                )  # fmt: skip
+        raise TandemError("edge agent closed the stream without a final event")
+
+
+def _finish_name(value: int) -> str:
+    name = decoder_pb2.FinishReason.Name(value) if value else "FINISH_REASON_UNSPECIFIED"
+    return name.removeprefix("FINISH_REASON_").lower()

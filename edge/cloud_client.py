@@ -1,0 +1,288 @@
+"""The agent's client of the cloud decoder: one long-lived channel, bounded retries, clear errors.
+
+Rules it keeps (DESIGN.md "Principles"):
+* every call has a deadline (``timeout=``), and one deadline covers every attempt;
+* retries only for transient status codes and only before the first token — after a token has
+  been streamed the caller resumes locally from it instead, which is cheaper and never repeats
+  output;
+* gRPC errors are mapped back to the most specific ``CloudError`` with ``raise … from exc``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
+
+from tandem.edge.config import CloudSettings
+from tandem.errors import CloudError, CloudUnavailable, FingerprintMismatch, StreamBroken
+from tandem.v1 import decoder_pb2, decoder_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
+)
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class _Transient(Exception):
+    """Internal: an attempt failed in a way a retry may fix."""
+
+    def __init__(self, exc: grpc.RpcError, retry_after_s: float = 0.0) -> None:
+        super().__init__(str(exc))
+        self.rpc_error = exc
+        self.retry_after_s = retry_after_s
+
+
+def _retry_after_s(exc: grpc.RpcError) -> float:
+    try:
+        for key, value in exc.trailing_metadata() or ():
+            if key == "retry-after-ms":
+                return float(value) / 1000.0
+    except Exception:  # metadata may be unavailable on a channel-level failure
+        pass
+    return 0.0
+
+
+def map_rpc_error(exc: grpc.RpcError, tokens: list[int] | None = None) -> CloudError:
+    """The most specific CloudError for a gRPC failure (``tokens``: what arrived before it)."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    if tokens:
+        return StreamBroken(f"cloud stream broke after {len(tokens)} tokens: {code}", tokens)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return FingerprintMismatch(f"cloud does not serve this model: {details}")
+    if code in TRANSIENT or code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return CloudUnavailable(f"cloud unavailable: {code.name if code else code}: {details}")
+    if code == grpc.StatusCode.CANCELLED:
+        return CloudUnavailable("cloud call cancelled")
+    name = code.name if code else "UNKNOWN"
+    return CloudError(f"cloud rejected the request: {name}: {details}")
+
+
+@dataclass
+class CloudOutcome:
+    """What one cloud call produced."""
+
+    tokens: list[int]
+    """All generated tokens after the prefix sent, EOS excluded (the wire never carries it)."""
+    final: decoder_pb2.DecodeFinal | None
+    ttft_s: float | None
+    """Seconds from sending the request to the first token."""
+    attempts: int
+
+
+class CloudCall:
+    """One request's journey to the cloud; ``cancel()`` from any thread stops it."""
+
+    def __init__(self, client: CloudClient, request: decoder_pb2.DecodeRequest, deadline_s: float):
+        self._client = client
+        self._request = request
+        self._deadline_s = deadline_s
+        self._lock = threading.Lock()
+        self._call = None
+        self.cancelled = False
+        self.attempts = 0
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            if self._call is not None:
+                self._call.cancel()
+
+    def _open(self, remaining_s: float):
+        with self._lock:
+            if self.cancelled:
+                raise CloudUnavailable("cloud call cancelled")
+            self._call = self._client.stub.Decode(
+                self._request,
+                timeout=remaining_s,
+                metadata=self._client.metadata,
+                wait_for_ready=False,
+            )
+            return self._call
+
+    def run(self, on_tokens: Callable[[int, list[int]], None] | None = None) -> CloudOutcome:
+        """Stream the call to its end; ``on_tokens(start, ids)`` sees each chunk as it arrives.
+
+        Raises CloudUnavailable / FingerprintMismatch / CloudError before the first token and
+        StreamBroken (carrying the tokens so far) after it.
+        """
+        start = time.monotonic()
+        end = start + self._deadline_s
+        settings = self._client.settings
+        tokens: list[int] = []
+        ttft_s: float | None = None
+        prefix_len = len(self._request.prefix)
+
+        def first_event():
+            self.attempts += 1
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise CloudUnavailable("cloud deadline passed before the first token")
+            call = self._open(remaining)
+            iterator = iter(call)
+            try:
+                return call, iterator, next(iterator, None)
+            except grpc.RpcError as exc:
+                if exc.code() in TRANSIENT and not self.cancelled:
+                    raise _Transient(exc, _retry_after_s(exc)) from exc
+                raise map_rpc_error(exc) from exc
+
+        def wait(retry_state) -> float:
+            base = wait_random_exponential(
+                multiplier=settings.backoff_initial_s, max=settings.backoff_max_s
+            )(retry_state)
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            hint = exc.retry_after_s if isinstance(exc, _Transient) else 0.0
+            return max(base, hint)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(settings.max_attempts) | stop_before_delay(self._deadline_s),
+            wait=wait,
+            retry=retry_if_exception(lambda e: isinstance(e, _Transient)),
+            sleep=self._client.sleep,
+            reraise=False,
+        )
+        try:
+            call, iterator, event = retrying(first_event)
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            rpc = last.rpc_error if isinstance(last, _Transient) else None
+            if rpc is not None:
+                raise map_rpc_error(rpc) from rpc
+            raise CloudUnavailable(f"cloud unavailable after {self.attempts} attempts") from exc
+        except _Transient as exc:  # only if tenacity re-raised directly
+            raise map_rpc_error(exc.rpc_error) from exc
+        final = None
+        try:
+            while event is not None:
+                kind = event.WhichOneof("event")
+                if kind == "tokens":
+                    chunk = list(event.tokens.ids)
+                    expected = prefix_len + len(tokens)
+                    if event.tokens.start != expected:
+                        raise StreamBroken(
+                            f"cloud chunk starts at {event.tokens.start}, expected {expected}",
+                            tokens,
+                        )
+                    if chunk:
+                        if ttft_s is None:
+                            ttft_s = time.monotonic() - start
+                        tokens.extend(chunk)
+                        if on_tokens is not None:
+                            on_tokens(expected, chunk)
+                elif kind == "final":
+                    final = event.final
+                    break
+                event = next(iterator, None)
+        except grpc.RpcError as exc:
+            if self.cancelled:
+                raise CloudUnavailable("cloud call cancelled") from exc
+            if not tokens:
+                raise map_rpc_error(exc) from exc
+            raise StreamBroken(
+                f"cloud stream broke after {len(tokens)} tokens: {exc.code().name}", tokens
+            ) from exc
+        if final is None:
+            if self.cancelled:
+                raise CloudUnavailable("cloud call cancelled")
+            raise StreamBroken(
+                f"cloud stream ended without a final event after {len(tokens)} tokens", tokens
+            )
+        call.cancel()  # nothing more to read; release the stream promptly
+        return CloudOutcome(tokens, final, ttft_s, self.attempts)
+
+
+class CloudClient:
+    """One long-lived channel to the cloud replicas, shared by all requests."""
+
+    def __init__(self, settings: CloudSettings, sleep: Callable[[float], None] = time.sleep):
+        self.settings = settings
+        self.sleep = sleep
+        token = settings.bearer_token()
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        options = [
+            ("grpc.keepalive_time_ms", int(settings.keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", 5000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.enable_retries", 0),  # retries are ours: bounded and token-aware
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+        if len(settings.addresses) > 1:
+            target = "ipv4:" + ",".join(settings.addresses)
+            options.append(("grpc.lb_policy_name", "round_robin"))
+        else:
+            target = settings.addresses[0]
+        if settings.tls or settings.ca_file:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(settings.ca_file),
+                private_key=_read(settings.key_file),
+                certificate_chain=_read(settings.cert_file),
+            )
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.stub = decoder_pb2_grpc.DecoderStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def call(self, request: decoder_pb2.DecodeRequest, deadline_s: float) -> CloudCall:
+        return CloudCall(self, request, deadline_s)
+
+    def connected(self) -> bool:
+        """Whether the channel is READY right now, without waiting (a connectivity hint)."""
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=0.001)
+            return True
+        except grpc.FutureTimeoutError:
+            return False
+
+    def ping(self, timeout_s: float = 1.0) -> float:
+        """Round-trip time in ms of a grpc.health.v1 Check, or raises CloudUnavailable."""
+        start = time.monotonic()
+        try:
+            self._health.Check(
+                health_pb2.HealthCheckRequest(service=""),
+                timeout=timeout_s,
+                metadata=self.metadata,
+            )
+        except grpc.RpcError as exc:
+            raise map_rpc_error(exc) from exc
+        return (time.monotonic() - start) * 1000.0
+
+    def list_models(self, timeout_s: float = 2.0) -> list[decoder_pb2.ModelInfo]:
+        try:
+            reply = self.stub.ListModels(
+                decoder_pb2.ListModelsRequest(), timeout=timeout_s, metadata=self.metadata
+            )
+        except grpc.RpcError as exc:
+            raise map_rpc_error(exc) from exc
+        return list(reply.models)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()

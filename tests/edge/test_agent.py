@@ -1,0 +1,154 @@
+"""The agent end to end: real cloud replicas and real decoding on loopback, real faults."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from faults import SlowModel
+
+from tandem.edge.agent import Outcome, Piece, Request
+from tandem.runtime.seq2seq import Seq2Seq
+
+INPUTS = ["w10 w11 w12", "w40 w41", "w7 w8 w9 w20 w33", "w90", "w55 w56 w57 w58"]
+
+
+def run(agent, text: str, target: str = "fr", **kwargs) -> tuple[list[Piece], Outcome]:
+    pieces, outcome = [], None
+    for item in agent.generate(Request(text=text, target=target, **kwargs)):
+        if isinstance(item, Outcome):
+            outcome = item
+        else:
+            pieces.append(item)
+    return pieces, outcome
+
+
+def reference(bundle, text: str, target: str = "fr") -> list[int]:
+    model = Seq2Seq.load(bundle)
+    ids = model.generate(text, target=target).ids
+    return [t for t in ids if t != model.manifest.tokens.eos]
+
+
+@pytest.fixture(scope="module")
+def expected(text_bundle):
+    return {text: reference(text_bundle, text) for text in INPUTS}
+
+
+def test_outputs_are_identical_across_routes(cloud_factory, agent_factory, expected):
+    _, port = cloud_factory()
+    cloud_agent = agent_factory(port, policy="always_cloud")
+    local_agent = agent_factory(port, policy="always_local")
+    for text in INPUTS:
+        pieces, via_cloud = run(cloud_agent, text)
+        _, via_local = run(local_agent, text)
+        assert via_cloud.route == "cloud" and via_cloud.fallbacks == []
+        assert via_local.route == "local" and via_local.reason == "always_local"
+        assert via_cloud.ids == via_local.ids == expected[text]
+        assert [t for p in pieces for t in p.ids] == expected[text]
+        assert via_cloud.text == via_local.text
+
+
+def test_cloud_never_started_means_local(agent_factory, expected):
+    import socket
+
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agent = agent_factory(port, policy="always_cloud", first_token_timeout_s=0.5)
+    outcomes = [run(agent, text)[1] for text in INPUTS]
+    assert all(o.route == "local" for o in outcomes)
+    assert [o.ids for o in outcomes] == [expected[t] for t in INPUTS]
+    assert outcomes[0].fallbacks == ["cloud_unavailable"]
+    # Two failures open the breaker and declare an outage: later requests do not even try.
+    assert outcomes[-1].fallbacks == [] and outcomes[-1].reason in ("offline", "breaker_open")
+    assert agent.metrics.counts["fallback:cloud_unavailable"] == 2
+
+
+def test_local_only_never_touches_the_cloud(cloud_factory, agent_factory, expected):
+    server, port = cloud_factory()
+    agent = agent_factory(port, policy="always_cloud")
+    _, outcome = run(agent, INPUTS[0], local_only=True)
+    assert outcome.route == "local" and outcome.reason == "local_only"
+    assert outcome.ids == expected[INPUTS[0]]
+
+
+def test_cloud_killed_mid_stream_resumes_locally_with_identical_output(
+    text_bundle, cloud_factory, agent_factory, expected
+):
+    slow = SlowModel(text_bundle, delay_s=0.05)
+    server, port = cloud_factory(slow)
+    agent = agent_factory(port, policy="always_cloud")
+    text = INPUTS[2]
+    assert len(expected[text]) >= 6, "need a long enough output to cut it"
+    seen = []
+    outcome = None
+    for item in agent.generate(Request(text=text, target="fr")):
+        if isinstance(item, Piece):
+            seen.append(item)
+            if len(seen) == 3:
+                threading.Thread(target=server.stop).start()  # aborts the stream for real
+        else:
+            outcome = item
+    assert outcome.fallbacks == ["stream_broken"]
+    assert outcome.route == "local"
+    assert outcome.ids == expected[text]
+    assert [t for p in seen for t in p.ids] == expected[text]
+    assert [p.start for p in seen] == list(range(len(expected[text])))
+
+
+def test_hedge_fires_and_the_faster_route_wins(text_bundle, cloud_factory, agent_factory, expected):
+    slow = SlowModel(text_bundle, first_delay_s=1.5)
+    server, port = cloud_factory(slow)
+    agent = agent_factory(port, policy="cost_model")
+    # Make the policy pick the cloud with a short hedge: a decision with a 100 ms hedge deadline.
+    from tandem.policy import Decision, Route
+
+    agent.route = lambda obs: Decision(Route.CLOUD, "cloud_faster", 50.0, 20.0, 100.0)
+    start = time.monotonic()
+    _, outcome = run(agent, INPUTS[0])
+    elapsed = time.monotonic() - start
+    assert outcome.fallbacks == ["hedge"]
+    assert outcome.route == "local"
+    assert outcome.ids == expected[INPUTS[0]]
+    assert elapsed < 1.2, "the local decode should win long before the slow cloud answers"
+
+
+def test_breaker_opens_and_recovers(cloud_factory, agent_factory, expected):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agent = agent_factory(port, policy="always_cloud", reset_timeout_s=0.5)
+    for text in INPUTS[:3]:
+        run(agent, text)
+    assert agent.breaker.state(time.monotonic()) == "open"
+    _, outcome = run(agent, INPUTS[3])
+    assert outcome.reason in ("offline", "breaker_open") and outcome.route == "local"
+    cloud_factory(port=port)  # the cloud comes up on the same port
+    time.sleep(0.6)  # past reset_timeout_s: half-open, one probe request goes through
+    deadline = time.monotonic() + 10
+    routes = []
+    while time.monotonic() < deadline:
+        _, outcome = run(agent, INPUTS[4])
+        routes.append(outcome.route)
+        assert outcome.ids == expected[INPUTS[4]]
+        if outcome.route == "cloud":
+            break
+        time.sleep(0.3)
+    assert routes[-1] == "cloud"
+    assert agent.breaker.state(time.monotonic()) == "closed"
+
+
+def test_wrong_fingerprint_decodes_locally_and_counts_the_reason(
+    exported, cloud_factory, agent_factory, expected
+):
+    other = Seq2Seq.load(exported("marian"))  # another model: another fingerprint
+    server, port = cloud_factory(other)
+    agent = agent_factory(port, policy="always_cloud")
+    _, outcome = run(agent, INPUTS[0])
+    assert outcome.route == "local"
+    assert outcome.fallbacks == ["fingerprint_mismatch"]
+    assert outcome.ids == expected[INPUTS[0]]
+    assert agent.metrics.counts["fallback:fingerprint_mismatch"] == 1

@@ -1,0 +1,106 @@
+"""The local API as apps use it: gRPC over a Unix socket, the Python client, bad requests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+
+import grpc
+import pytest
+
+from tandem.edge.client import EdgeClient
+from tandem.edge.server import create_edge_server, prepare_socket
+from tandem.errors import ConfigError, InputError
+from tandem.v1 import edge_pb2, edge_pb2_grpc
+
+
+@pytest.fixture
+def served(agent_factory):
+    agent = agent_factory(None, policy="always_local")
+    server, where = create_edge_server(agent)
+    yield agent, where
+    server.stop(None)
+
+
+def test_socket_is_owner_only_and_answers(served):
+    agent, where = served
+    mode = os.stat(where["socket"]).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    with EdgeClient(where["socket"]) as client:
+        answer = client.ask("w10 w11 w12", target="fr")
+    assert answer.route == "local" and answer.reason == "offline"
+    assert answer.ids[0] == agent.model.manifest.languages["fr"]
+    assert answer.text == agent.model.detokenize(answer.ids)
+    assert answer.finish in ("eos", "length")
+
+
+def test_pieces_stream_before_the_final_event(served):
+    _, where = served
+    with EdgeClient(where["socket"]) as client:
+        events = list(client.stream("w40 w41", target="en"))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[-1] == "final" and kinds.count("final") == 1 and kinds.count("piece") >= 1
+    pieces = [e.piece for e in events[:-1]]
+    assert [t for p in pieces for t in p.ids] == list(events[-1].final.ids)
+    assert "".join(p.text for p in pieces) == events[-1].final.text
+
+
+@pytest.mark.parametrize(
+    "request_fields, message",
+    [
+        ({"text": "", "target_language": "fr"}, "text: must not be empty"),
+        ({"text": "   ", "target_language": "fr"}, "text: must not be empty"),
+        ({"text": "w5", "target_language": "xx"}, "target_language: unknown 'xx'"),
+        ({"text": "w5"}, "target_language: required"),
+        ({"text": "w5", "target_language": "fr", "max_new_tokens": 10_000}, "max_new_tokens"),
+        ({"text": "w5 " * 200, "target_language": "fr"}, "at most 64"),
+        ({"text": "x" * 5000, "target_language": "fr"}, "limit is 4096"),
+    ],
+)
+def test_bad_requests_are_invalid_argument(served, request_fields, message):
+    _, where = served
+    with grpc.insecure_channel(f"unix:{where['socket']}") as channel:
+        stub = edge_pb2_grpc.EdgeStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Generate(edge_pb2.GenerateRequest(**request_fields), timeout=30))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in info.value.details()
+    with EdgeClient(where["socket"]) as client, pytest.raises(InputError, match="must not be"):
+        client.ask("", target="fr")
+
+
+def test_stale_socket_is_replaced_but_a_live_one_is_not(tmp_path):
+    path = tmp_path / "s" / "edge.sock"
+    path.parent.mkdir()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens: a crashed agent's leftover
+    assert prepare_socket(str(path)) == path and not path.exists()
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(str(path))
+    live.listen()
+    try:
+        with pytest.raises(ConfigError, match="in use by another process"):
+            prepare_socket(str(path))
+    finally:
+        live.close()
+    path.unlink()
+    path.write_text("not a socket")
+    with pytest.raises(ConfigError, match="not a socket"):
+        prepare_socket(str(path))
+
+
+def test_ask_command_talks_to_the_agent(served):
+    agent, where = served
+    out = subprocess.run(
+        [sys.executable, "-m", "tandem", "ask", "w10 w11 w12", "--target", "fr",
+         "--agent", where["socket"]],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr.decode()
+    expected = agent.model.generate("w10 w11 w12", target="fr").text
+    assert out.stdout.decode().strip() == expected.strip()
+    assert "[local (offline)" in out.stderr.decode()

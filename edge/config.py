@@ -125,6 +125,11 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
     values = {}
     for name, value in data.items():
+        if name == "socket_mode" and isinstance(value, str):
+            try:  # YAML 1.1 reads 0o600 as a string; accept the spelling users write
+                value = int(value, 8)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.socket_mode must be octal like 0o600") from exc
         if name == "addresses":
             if isinstance(value, str):
                 value = [value]

@@ -1,0 +1,71 @@
+"""edge.yaml: documented defaults, every mistake a precise ConfigError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tandem.edge.config import edge_config_from_dict, load_edge_config
+from tandem.errors import ConfigError
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "edge.yaml"
+
+
+def test_defaults_are_valid():
+    config = load_edge_config(None)
+    assert config.cloud.addresses == ("127.0.0.1:50051",)
+    assert config.socket_mode == 0o600
+    assert config.policy.policy == "cost_model"
+
+
+def test_shipped_example_parses(monkeypatch):
+    monkeypatch.setenv("TANDEM_TOKEN", "secret")
+    config = load_edge_config(DEPLOY)
+    assert config.socket_mode == 0o600
+    assert config.cloud.tls and config.cloud.bearer_token() == "secret"
+    assert config.policy.hedge
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"colour": 1}, "unknown key(s) ['colour']"),
+        ({"cloud": {"deadline_s": -1}}, "cloud.deadline_s must be a number > 0, got -1"),
+        ({"cloud": {"addresses": ["nohost"]}}, "'nohost' is not host:port"),
+        ({"cloud": {"addresses": []}}, "addresses must be a non-empty list"),
+        ({"cloud": {"codec": "int4"}}, "cloud.codec"),
+        ({"cloud": {"max_attempts": 0}}, "max_attempts must be in [1, 10]"),
+        ({"cloud": {"breaker": {"failure_threshold": 0}}}, "failure_threshold must be an integer"),
+        ({"cloud": {"token": "a", "token_env": "B"}}, "not both"),
+        ({"cloud": {"ca_file": "/nonexistent/ca.pem"}}, "no such file"),
+        ({"cloud": {"cert_file": "x"}}, "cert_file and cloud.key_file go together"),
+        ({"tcp": "0.0.0.0:5000"}, "tcp must be a loopback address"),
+        ({"socket": "", "tcp": None}, "needs a socket path or a tcp address"),
+        ({"socket_mode": "rw"}, "socket_mode must be octal"),
+        ({"policy": {"policy": "fastest"}}, "policy must be one of"),
+        ({"session": {"providers": ["NoSuchProvider"]}}, "not available"),
+        ({"device_speed_factor": 0}, "device_speed_factor must be a number > 0"),
+        ("just a string", "top level must be a mapping"),
+    ],
+)
+def test_each_mistake_is_named(data, message):
+    with pytest.raises(ConfigError) as info:
+        edge_config_from_dict(data)
+    assert message in str(info.value)
+
+
+def test_missing_token_env_is_reported(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_TOKEN_VAR", raising=False)
+    config = edge_config_from_dict({"cloud": {"token_env": "NO_SUCH_TOKEN_VAR"}})
+    with pytest.raises(ConfigError, match="NO_SUCH_TOKEN_VAR is unset"):
+        config.cloud.bearer_token()
+
+
+def test_unreadable_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_edge_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "edge.yaml"
+    bad.write_text("cloud: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_edge_config(bad)

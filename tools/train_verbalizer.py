@@ -91,6 +91,7 @@ class TrainConfig:
     final_eval_examples: int = 2000
     max_new_tokens: int = 96
     threads: int = 2
+    """Intra-op threads while the machine is otherwise idle; see ``ThreadGovernor``."""
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,61 @@ def train_step(model, optimizer, batch, cfg: TrainConfig) -> float:
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
     return loss.detach().item()
+
+
+# ---------------------------------------------------------------- threads
+
+
+class ThreadGovernor:
+    """Use all intra-op threads only while no other process wants the CPU.
+
+    OpenMP threads meet at a barrier after every op. When another process holds one of the
+    two cores, each barrier waits for a scheduler slice: measured, a step then runs about three
+    times slower with two threads than with one. The governor watches how much CPU other
+    processes used since its last look and drops to one thread while they use a noticeable
+    share. It changes wall time only; the plan, the data and the schedule do not depend on it.
+    """
+
+    def __init__(self, max_threads: int, busy_threshold_cores: float = 0.3) -> None:
+        self.max_threads = max_threads
+        self.busy_threshold_cores = busy_threshold_cores
+        self.threads = 1  # start cautious: one slow two-thread step can take tens of seconds
+        self._last = self._sample()
+        torch.set_num_threads(1)
+
+    @staticmethod
+    def _sample() -> tuple[float, int, int] | None:
+        """(monotonic s, busy jiffies of the machine, jiffies of this process); None off Linux."""
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+            mine = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, ValueError):
+            return None
+        busy = user + nice + system + irq + softirq + steal
+        return time.monotonic(), busy, int(mine[11]) + int(mine[12])  # utime + stime
+
+    def update(self) -> None:
+        now = self._sample()
+        if now is None or self._last is None:
+            return
+        elapsed_s = now[0] - self._last[0]
+        if elapsed_s < 5.0:
+            return
+        others_cores = ((now[1] - self._last[1]) - (now[2] - self._last[2])) / (
+            elapsed_s * os.sysconf("SC_CLK_TCK")
+        )
+        self._last = now
+        wanted = 1 if others_cores > self.busy_threshold_cores else self.max_threads
+        if wanted != self.threads:
+            log.info(
+                "threads %d -> %d (other processes use %.2f cores)",
+                self.threads,
+                wanted,
+                others_cores,
+            )
+            torch.set_num_threads(wanted)
+            self.threads = wanted
 
 
 # ---------------------------------------------------------------- evaluation
@@ -455,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.minutes_budget is not None:
         cfg = dataclasses.replace(cfg, minutes_budget=args.minutes_budget)
-    torch.set_num_threads(cfg.threads)
+    governor = ThreadGovernor(cfg.threads)
     torch.set_num_interop_threads(1)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
@@ -525,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         window_loss += train_step(model, optimizer, batch, cfg)
         scheduler.step()
         step += 1
+        governor.update()
         window_steps += 1
         if step % 50 == 0 or args.smoke:
             elapsed_s = time.monotonic() - window_t

@@ -1,0 +1,1 @@
+"""Benchmarks against peers; run each as a script: ``python bench/<topic>.py``."""

@@ -1,0 +1,217 @@
+"""Request validation: an untrusted ``DecodeRequest`` -> a ``Job`` the scheduler can run.
+
+Everything a client controls is checked here, before the request takes a queue slot or any
+model time, and every problem is one exception whose message names the wire field
+(``params.max_new_tokens``, ``prefix[3]``, ``hidden_states.data``): ``InputError`` or
+``CodecError`` (INVALID_ARGUMENT), ``FingerprintMismatch`` (FAILED_PRECONDITION). Any other
+exception escaping ``validate_request`` is a bug — the property test in
+``tests/cloud/test_properties.py`` holds the service to that.
+
+Pure: no clocks, no I/O, no model calls; decoding the tensor is the only work proportional to
+the request, and ``tandem.wire.decode_tensor`` bounds it by the model's limits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from tandem.errors import FingerprintMismatch, InputError
+from tandem.runtime.codec import Codec, Compression, payload_bytes
+from tandem.runtime.decoding import GenerationParams
+from tandem.runtime.manifest import Manifest
+from tandem.v1 import decoder_pb2
+from tandem.wire import decode_tensor
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_ID_CHARS = 128
+"""decoder.proto: request_id is non-empty and at most 128 characters."""
+
+ACCEPTED_CODECS = tuple(Codec)
+ACCEPTED_COMPRESSIONS = tuple(Compression)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What requests for one served bundle are checked against (and what ListModels says)."""
+
+    name: str
+    fingerprint: str
+    manifest: Manifest
+    max_new_tokens: int
+    """Effective cap: the model's own limit, lowered by ``limits.max_new_tokens`` if set."""
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, fingerprint: str, cap: int = 0) -> ServedModel:
+        limit = manifest.dims.max_target_length - 1  # one slot is the decoder start token
+        return cls(manifest.name, fingerprint, manifest, min(limit, cap) if cap else limit)
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """Largest decoded hidden-state payload a legal request carries (fp32, longest source)."""
+        dims = self.manifest.dims
+        return payload_bytes(dims.max_source_length, dims.hidden_size, Codec.FP32)
+
+    def max_message_bytes(self) -> int:
+        """Upper bound on the serialized size of a legal DecodeRequest for this model.
+
+        The fp32 payload is the largest codec; zstd and gzip add at most a few bytes per block
+        to incompressible data (well under 1 %); scales, a full prefix of 10-byte varints, the
+        ids and framing fit in the fixed slack.
+        """
+        dims = self.manifest.dims
+        payload = self.max_payload_bytes
+        return (
+            payload
+            + payload // 100
+            + dims.max_source_length * 4
+            + dims.max_target_length * 11
+            + 8192
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated request: what to decode, with which params, for whom."""
+
+    request_id: str
+    model: ServedModel
+    hidden: np.ndarray = field(repr=False)  # (source_length, hidden) float32, padding dropped
+    params: GenerationParams
+    """What the decoder runs: ``max_new_tokens`` is an int, and a forced first token is part of
+    ``prefix`` (decoding after a forced token and after a one-token prefix are the same
+    computation; this way ``max_new_tokens`` counts it as decoder.proto says)."""
+    start: int = 0
+    """Position of the first token to stream: len(DecodeRequest.prefix)."""
+    lead: tuple[int, ...] = ()
+    """Tokens streamed before any decoded one: the forced first token when the request had no
+    prefix (the client has not seen it yet), else nothing."""
+
+    @property
+    def complete(self) -> bool:
+        """The prefix already fills max_new_tokens: the answer needs no decoding step."""
+        return len(self.params.prefix) >= self.params.max_new_tokens
+
+
+def check_request_id(request_id: str) -> str:
+    """The request id, checked first so every later log line and error can carry it."""
+    if not request_id:
+        raise InputError("request_id is empty; set a unique id (a UUID) per request")
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise InputError(
+            f"request_id has {len(request_id)} characters; at most {MAX_REQUEST_ID_CHARS} allowed"
+        )
+    if not request_id.isprintable():
+        raise InputError("request_id contains control characters")  # they would forge log lines
+    return request_id
+
+
+def find_model(fingerprint: str, served: Mapping[str, ServedModel]) -> ServedModel:
+    """The served model with ``fingerprint``, or FingerprintMismatch listing what is served."""
+    if not fingerprint:
+        raise InputError("model_fingerprint is empty; set the fingerprint of the encoder's bundle")
+    model = served.get(fingerprint)
+    if model is None:
+        listing = ", ".join(f"{m.fingerprint} ({m.name})" for m in served.values())
+        shown = fingerprint if len(fingerprint) <= 80 else fingerprint[:80] + "..."
+        raise FingerprintMismatch(
+            f"model_fingerprint {shown!r} is not served by this replica; served: {listing}"
+        )
+    return model
+
+
+def validate_request(request: decoder_pb2.DecodeRequest, served: Mapping[str, ServedModel]) -> Job:
+    """Check every field of ``request``; the cheap checks run before the tensor is decoded."""
+    request_id = check_request_id(request.request_id)
+    model = find_model(request.model_fingerprint, served)
+    params = _params(request, model)
+    if not request.HasField("hidden_states"):
+        raise InputError("hidden_states is missing")
+    dims = model.manifest.dims
+    hidden = decode_tensor(
+        request.hidden_states,
+        max_rows=dims.max_source_length,
+        hidden_size=dims.hidden_size,
+        max_bytes=model.max_payload_bytes,
+        name="hidden_states",
+    )  # (rows, hidden) float32, finite
+    rows = hidden.shape[0]
+    if not 1 <= request.source_length <= rows:
+        raise InputError(
+            f"source_length must be in [1, {rows}] (the rows of hidden_states), "
+            f"got {request.source_length}"
+        )
+    hidden = np.ascontiguousarray(hidden[: request.source_length])  # (source_length, hidden)
+    start = len(request.prefix)
+    lead: tuple[int, ...] = ()
+    if not params.prefix and params.forced_first_token is not None:
+        lead = (params.forced_first_token,)
+        params = replace(params, prefix=lead)
+    job = Job(request_id, model, hidden, params, start, lead)
+    if not job.complete:
+        params.validate(model.manifest)  # the runtime's own rules, as a backstop
+    return job
+
+
+def _params(request: decoder_pb2.DecodeRequest, model: ServedModel) -> GenerationParams:
+    manifest = model.manifest
+    vocab = manifest.dims.vocab_size
+    p = request.params
+    max_new = p.max_new_tokens or model.max_new_tokens
+    if max_new > model.max_new_tokens:
+        raise InputError(
+            f"params.max_new_tokens {p.max_new_tokens} exceeds this model's limit of "
+            f"{model.max_new_tokens} (0 means the limit)"
+        )
+    if p.min_new_tokens > max_new:
+        raise InputError(
+            f"params.min_new_tokens {p.min_new_tokens} exceeds max_new_tokens {max_new}"
+        )
+    forced = None
+    which = p.WhichOneof("first_token")
+    if which == "forced_first_token":
+        forced = _token(p.forced_first_token, "params.forced_first_token", vocab)
+    elif which == "target_language":
+        languages = manifest.languages
+        if p.target_language not in languages:
+            known = ", ".join(sorted(languages)) or "none (the model is not multilingual)"
+            raise InputError(
+                f"params.target_language {p.target_language[:40]!r} is not a language of "
+                f"this model; known: {known}"
+            )
+        forced = languages[p.target_language]
+    eos = manifest.tokens.eos
+    eos_given = None
+    if p.HasField("eos_token_id"):
+        eos = eos_given = _token(p.eos_token_id, "params.eos_token_id", vocab)
+    prefix = tuple(request.prefix)
+    if len(prefix) > max_new:
+        raise InputError(f"prefix has {len(prefix)} tokens, more than max_new_tokens {max_new}")
+    for i, token in enumerate(prefix):
+        _token(token, f"prefix[{i}]", vocab)
+        if token == eos:
+            raise InputError(
+                f"prefix[{i}] is the EOS token {eos}; a finished sequence cannot continue"
+            )
+    if prefix and forced is not None and prefix[0] != forced:
+        raise InputError(
+            f"prefix[0] = {prefix[0]} but the forced first token is {forced}; a resumed "
+            "request must start with the token the first attempt was forced to"
+        )
+    return GenerationParams(
+        max_new_tokens=max_new,
+        min_new_tokens=p.min_new_tokens,
+        forced_first_token=forced,
+        eos_token_id=eos_given,
+        prefix=prefix,
+    )
+
+
+def _token(token: int, name: str, vocab: int) -> int:
+    if not 0 <= token < vocab:
+        raise InputError(f"{name} = {token} is outside the vocabulary [0, {vocab})")
+    return token

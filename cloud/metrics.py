@@ -1,0 +1,119 @@
+"""Prometheus metrics of the cloud decoder: what an operator sizes and alerts on.
+
+One ``CollectorRegistry`` per server (not the process-global one), so tests and benchmarks
+can run several replicas in one process without metric-name clashes. Names follow Prometheus
+conventions (``_total`` counters, base units: seconds). The list is documented in
+``docs/cloud.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from tandem.cloud.config import Address
+
+log = logging.getLogger(__name__)
+
+_BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+_SECONDS_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """Every instrument of one server; label ``model`` is the served bundle's name."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tandem_cloud_requests",
+            "Finished RPCs by method and gRPC status code (OK included).",
+            ["method", "code"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "tandem_cloud_request_errors",
+            "RPCs that ended with a non-OK status, by method and code.",
+            ["method", "code"],
+            registry=r,
+        )
+        self.finishes = Counter(
+            "tandem_cloud_finishes",
+            "Decode streams that sent a final event, by model and finish reason.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "tandem_cloud_tokens",
+            "Tokens streamed to clients (prefix and EOS excluded).",
+            ["model"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "tandem_cloud_batch_size",
+            "Sequences advanced by one batched decoder step.",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.step_seconds = Histogram(
+            "tandem_cloud_step_seconds",
+            "Duration of one scheduler iteration (joins, prefills and the batched step).",
+            ["model"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "tandem_cloud_queue_seconds",
+            "Time from a request's arrival until it joined the batch.",
+            ["model"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "tandem_cloud_request_seconds",
+            "Duration of Decode calls from arrival to the last event, any outcome.",
+            ["model"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.active = Gauge(
+            "tandem_cloud_active_sequences",
+            "Sequences in the decoding batch.",
+            ["model"],
+            registry=r,
+        )
+        self.queued = Gauge(
+            "tandem_cloud_queued_requests",
+            "Requests waiting for a batch slot.",
+            ["model"],
+            registry=r,
+        )
+        self.model_errors = Counter(
+            "tandem_cloud_model_errors",
+            "Sequences failed by an exception inside the model runtime (answered INTERNAL).",
+            ["model"],
+            registry=r,
+        )
+        self.draining = Gauge(
+            "tandem_cloud_draining",
+            "1 while the replica is shutting down (health NOT_SERVING).",
+            registry=r,
+        )
+
+
+class MetricsEndpoint:
+    """The ``/metrics`` HTTP server; ``port`` is the bound one (useful with port 0)."""
+
+    def __init__(self, metrics: Metrics, address: Address) -> None:
+        self._server, self._thread = start_http_server(
+            address.port, addr=address.host, registry=metrics.registry
+        )
+        self.port = self._server.server_port
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,295 @@
+"""The gRPC shell of the decoder: tandem.v1.Decoder handlers, and the one error -> status table.
+
+A handler authenticates the caller, validates the request (``tandem.cloud.validation``),
+takes a per-client slot, submits the job to its model's engine and relays the engine's updates
+as ``DecodeEvent``s — one ``TokenChunk`` per scheduler step, then one ``DecodeFinal``. It never
+runs the model itself. This is the only module that turns errors into gRPC status codes:
+``STATUS_CODES`` below is the whole mapping, documented for clients in ``docs/cloud.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Callable, Iterator, Mapping
+
+import grpc
+
+from tandem.cloud.auth import (
+    Authenticator,
+    PermissionDenied,
+    Principal,
+    Unauthenticated,
+    tls_identity,
+)
+from tandem.cloud.engine import Engine, ModelFailure, Stream
+from tandem.cloud.limits import ClientLimiter
+from tandem.cloud.metrics import Metrics
+from tandem.cloud.validation import (
+    ACCEPTED_CODECS,
+    ACCEPTED_COMPRESSIONS,
+    ServedModel,
+    find_model,
+    validate_request,
+)
+from tandem.errors import CodecError, FingerprintMismatch, InputError, Overloaded
+from tandem.v1 import decoder_pb2, decoder_pb2_grpc
+from tandem.wire import codec_to_proto, compression_to_proto
+
+log = logging.getLogger(__name__)
+
+STATUS_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (CodecError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (FingerprintMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+)
+"""Error -> status, first match wins. Everything else (a ``ModelFailure``, a bug, a
+``TandemError`` no request should cause) is INTERNAL with a message that names the request id
+and the replica, never the exception text: internals stay in this replica's log."""
+
+RETRY_AFTER_KEY = "retry-after-ms"
+"""Trailing metadata on RESOURCE_EXHAUSTED from a full queue or client limit: wait this many
+milliseconds before retrying (here or elsewhere)."""
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+"""The same hint under the name gRPC's built-in retry policy obeys."""
+REPLICA_KEY = "tandem-replica-id"
+"""Trailing metadata on every Decode error: which replica answered."""
+
+_FINISH_REASONS = {
+    "eos": decoder_pb2.FINISH_REASON_EOS,
+    "length": decoder_pb2.FINISH_REASON_LENGTH,
+    "cancelled": decoder_pb2.FINISH_REASON_CANCELLED,
+    "deadline": decoder_pb2.FINISH_REASON_DEADLINE,
+}
+_NO_DEADLINE_S = 1e6
+"""gRPC reports a huge time_remaining when the caller set no deadline."""
+_POLL_S = 1.0
+"""How often a waiting handler checks that its client is still there (cancellation normally
+wakes it at once through the RPC's termination callback)."""
+
+
+def status_code(exc: BaseException) -> grpc.StatusCode:
+    """The status a client sees for ``exc``: the first match in ``STATUS_CODES``, else INTERNAL."""
+    for kind, code in STATUS_CODES:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
+    """tandem.v1.Decoder over the engines of the served model bundles (keyed by fingerprint)."""
+
+    def __init__(
+        self,
+        engines: Mapping[str, Engine],
+        served: Mapping[str, ServedModel],
+        authenticator: Authenticator,
+        limiter: ClientLimiter,
+        metrics: Metrics,
+        replica_id: str,
+        default_deadline_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._engines = dict(engines)
+        self._served = dict(served)
+        self._auth = authenticator
+        self._limiter = limiter
+        self._metrics = metrics
+        self._replica_id = replica_id
+        self._default_deadline_s = default_deadline_s
+        self._clock = clock
+
+    # -- Decode ------------------------------------------------------------------------------
+
+    def Decode(
+        self, request: decoder_pb2.DecodeRequest, context: grpc.ServicerContext
+    ) -> Iterator[decoder_pb2.DecodeEvent]:
+        arrived = self._clock()
+        remaining = context.time_remaining()
+        if remaining is None or remaining > _NO_DEADLINE_S:
+            remaining = self._default_deadline_s
+        deadline = arrived + remaining
+        request_id = request.request_id[:128]
+        outcome: dict = {"model": None, "client": None, "reason": None, "tokens": 0}
+        error: BaseException | None = None
+        try:
+            yield from self._decode(request, context, deadline, arrived, outcome)
+        except GeneratorExit:  # gRPC closed the stream under us: the client went away
+            self._count("Decode", grpc.StatusCode.CANCELLED)
+            log.info("decode cancelled by client", extra={"request_id": request_id, **outcome})
+            raise
+        except Exception as exc:  # mapped below; the abort must happen outside this block
+            error = exc
+        model = outcome["model"] or "-"
+        self._metrics.request_seconds.labels(model).observe(self._clock() - arrived)
+        fields = {
+            "request_id": request_id,
+            "client": outcome["client"],
+            "model": model,
+            "tokens": outcome["tokens"],
+            "ms": round((self._clock() - arrived) * 1000.0, 1),
+        }
+        if error is None:
+            if outcome["reason"]:
+                code, what = grpc.StatusCode.OK, outcome["reason"]
+            elif self._clock() >= deadline:
+                code, what = grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
+            else:
+                code, what = grpc.StatusCode.CANCELLED, "cancelled by client"
+            self._count("Decode", code)
+            log.info("decode %s", what, extra=fields)
+            return
+        self._abort(context, "Decode", error, fields)
+
+    def _decode(
+        self,
+        request: decoder_pb2.DecodeRequest,
+        context: grpc.ServicerContext,
+        deadline: float,
+        arrived: float,
+        outcome: dict,
+    ) -> Iterator[decoder_pb2.DecodeEvent]:
+        principal = self._authenticate(context)
+        outcome["client"] = principal.client
+        served = find_model(request.model_fingerprint, self._served)
+        outcome["model"] = served.name
+        principal.check_model(served.fingerprint)  # before the tensor is even decoded
+        job = validate_request(request, self._served)
+        engine = self._engines[served.fingerprint]
+        self._limiter.acquire(principal.client)
+        try:
+            stream = engine.submit(job, arrived, deadline)
+            if not context.add_callback(lambda: engine.cancel(stream)):
+                engine.cancel(stream)  # the call ended before we could watch it
+            yield from self._relay(stream, engine, context, served, outcome)
+        finally:
+            self._limiter.release(principal.client)
+
+    def _relay(
+        self,
+        stream: Stream,
+        engine: Engine,
+        context: grpc.ServicerContext,
+        served: ServedModel,
+        outcome: dict,
+    ) -> Iterator[decoder_pb2.DecodeEvent]:
+        """Engine updates -> DecodeEvents, as they come; returns when the stream ends."""
+        while True:
+            try:
+                item = stream.events.get(timeout=_POLL_S)
+            except queue.Empty:
+                if not context.is_active():
+                    engine.cancel(stream)
+                    return
+                continue
+            if item is None:
+                return  # cancelled: the client is gone, nobody to send to
+            if isinstance(item, ModelFailure):
+                raise item
+            if item.tokens:
+                outcome["tokens"] += len(item.tokens)
+                self._metrics.tokens.labels(served.name).inc(len(item.tokens))
+                yield decoder_pb2.DecodeEvent(
+                    tokens=decoder_pb2.TokenChunk(start=item.start, ids=item.tokens)
+                )
+            if item.finish is not None:
+                outcome["reason"] = item.finish
+                self._metrics.finishes.labels(served.name, item.finish).inc()
+                yield decoder_pb2.DecodeEvent(
+                    final=decoder_pb2.DecodeFinal(
+                        reason=_FINISH_REASONS[item.finish],
+                        queue_ms=item.queue_ms,
+                        decode_ms=item.decode_ms,
+                        token_count=item.token_count,
+                        replica_id=self._replica_id,
+                    )
+                )
+                return
+
+    # -- ListModels --------------------------------------------------------------------------
+
+    def ListModels(
+        self, request: decoder_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> decoder_pb2.ListModelsResponse:
+        try:
+            principal = self._authenticate(context)
+        except Exception as exc:
+            self._abort(context, "ListModels", exc, {})
+        models = [
+            _model_info(m)
+            for m in self._served.values()
+            if principal.models is None or m.fingerprint in principal.models
+        ]
+        self._count("ListModels", grpc.StatusCode.OK)
+        return decoder_pb2.ListModelsResponse(models=models)
+
+    # -- shared ------------------------------------------------------------------------------
+
+    def _authenticate(self, context: grpc.ServicerContext) -> Principal:
+        return self._auth.authenticate(
+            context.invocation_metadata() or (),
+            tls_identity(context.auth_context() or {}),
+            context.peer() or "",
+        )
+
+    def _count(self, method: str, code: grpc.StatusCode) -> None:
+        self._metrics.requests.labels(method, code.name).inc()
+        if code is not grpc.StatusCode.OK:
+            self._metrics.errors.labels(method, code.name).inc()
+
+    def _abort(
+        self, context: grpc.ServicerContext, method: str, exc: BaseException, fields: dict
+    ) -> None:
+        code = status_code(exc)
+        self._count(method, code)
+        trailers = [(REPLICA_KEY, self._replica_id)]
+        if code is grpc.StatusCode.INTERNAL:
+            log.error(
+                "%s failed inside the replica",
+                method,
+                exc_info=not isinstance(exc, ModelFailure),
+                extra={**fields, "error": f"{type(exc).__name__}: {exc}"},
+            )
+            message = (
+                f"internal error on replica {self._replica_id} "
+                f"(request_id {fields.get('request_id', '-')!r}); the request may be retried"
+            )
+        else:
+            log.info("%s refused", method, extra={**fields, "code": code.name, "error": str(exc)})
+            message = str(exc)
+        if isinstance(exc, Overloaded):
+            retry_ms = str(max(1, round(exc.retry_after_s * 1000)))
+            trailers += [(RETRY_AFTER_KEY, retry_ms), (PUSHBACK_KEY, retry_ms)]
+        context.set_trailing_metadata(trailers)
+        context.abort(code, message)
+
+
+def _model_info(model: ServedModel) -> decoder_pb2.ModelInfo:
+    manifest = model.manifest
+    return decoder_pb2.ModelInfo(
+        name=model.name,
+        fingerprint=model.fingerprint,
+        hidden_size=manifest.dims.hidden_size,
+        vocab_size=manifest.dims.vocab_size,
+        max_source_length=manifest.dims.max_source_length,
+        max_new_tokens=model.max_new_tokens,
+        eos_token_id=manifest.tokens.eos,
+        decoder_start_token_id=manifest.tokens.decoder_start,
+        languages=dict(manifest.languages),
+        codecs=[codec_to_proto(c) for c in ACCEPTED_CODECS],
+        compressions=[compression_to_proto(c) for c in ACCEPTED_COMPRESSIONS],
+    )
+
+
+__all__ = [
+    "PUSHBACK_KEY",
+    "REPLICA_KEY",
+    "RETRY_AFTER_KEY",
+    "STATUS_CODES",
+    "DecoderServicer",
+    "status_code",
+]

@@ -1,0 +1,158 @@
+"""Property: no DecodeRequest, however malformed, yields INTERNAL or harms the server.
+
+Invariant: every request ends either in a well-formed stream (contiguous chunks, one final,
+token_count consistent) or in INVALID_ARGUMENT / FAILED_PRECONDITION — the client's fault,
+named — and the replica keeps serving.
+"""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+from cloud_helpers import collect, request, stub
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tandem.runtime import codec
+from tandem.v1 import decoder_pb2
+from tandem.wire import to_proto
+
+INT64 = st.integers(-(2**63), 2**63 - 1)
+UINT32 = st.integers(0, 2**32 - 1)
+ENUM = st.integers(-1, 5)
+
+
+def small_or(strategy, low=0, high=80):
+    return st.one_of(st.integers(low, high), strategy)
+
+
+@st.composite
+def arbitrary_tensors(draw):
+    return decoder_pb2.Tensor(
+        dtype=draw(ENUM),
+        shape=draw(st.lists(small_or(INT64, -2, 70), max_size=3)),
+        codec=draw(ENUM),
+        scales=draw(st.binary(max_size=300)),
+        compression=draw(ENUM),
+        data=draw(st.binary(max_size=3000)),
+    )
+
+
+BREAKABLE = (
+    "request_id", "model_fingerprint", "hidden_states", "shape", "data", "enums", "scales",
+    "values", "source_length", "max_new_tokens", "min_new_tokens", "forced_first_token",
+    "target_language", "eos_token_id", "prefix",
+)  # fmt: skip
+
+
+@st.composite
+def decode_requests(draw, model):
+    """A coherent valid request with up to three fields replaced by arbitrary values, so every
+    check (and the decoding path behind them) is reached, alone and in combination."""
+    dims = model.manifest.dims
+    limit = dims.max_target_length - 1
+    eos = model.manifest.tokens.eos
+    token = st.integers(0, dims.vocab_size - 1).filter(lambda t: t != eos)
+
+    prefix = draw(st.lists(token, max_size=4))
+    forced = draw(st.one_of(st.none(), token))
+    if forced is not None and prefix:
+        prefix[0] = forced
+    max_new = draw(st.integers(0, limit))
+    if max_new:
+        max_new = max(max_new, len(prefix), 1)
+    rows = draw(st.integers(1, dims.max_source_length))
+    values = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).normal(
+        size=(rows, dims.hidden_size)
+    )
+    spec = draw(st.sampled_from(codec.CODEC_SPECS))
+    req = decoder_pb2.DecodeRequest(
+        request_id=str(draw(st.uuids())),
+        model_fingerprint=model.fingerprint,
+        hidden_states=to_proto(
+            codec.encode(values.astype(np.float32), *codec.parse_codec_spec(spec))
+        ),
+        source_length=draw(st.integers(1, rows)),
+        prefix=prefix,
+    )
+    params = req.params
+    params.max_new_tokens = max_new
+    params.min_new_tokens = draw(st.integers(0, min(3, max_new or limit)))
+    if forced is not None:
+        params.forced_first_token = forced
+
+    tensor = req.hidden_states
+    broken = draw(st.sampled_from([0, 1, 1, 1, 2, 3]))
+    for name in draw(
+        st.lists(st.sampled_from(BREAKABLE), min_size=broken, max_size=broken, unique=True)
+    ):
+        if name == "request_id":
+            req.request_id = draw(st.text(max_size=140))
+        elif name == "model_fingerprint":
+            req.model_fingerprint = draw(st.text(max_size=80))
+        elif name == "hidden_states":
+            if draw(st.booleans()):
+                req.ClearField("hidden_states")
+            else:
+                tensor.CopyFrom(draw(arbitrary_tensors()))
+        elif name == "shape":
+            tensor.shape[draw(st.integers(0, 1))] = draw(small_or(INT64, -1, 70))
+        elif name == "data":
+            tensor.data = draw(st.binary(max_size=3000))
+        elif name == "enums":
+            setattr(tensor, draw(st.sampled_from(["dtype", "codec", "compression"])), draw(ENUM))
+        elif name == "scales":
+            tensor.scales = draw(st.binary(max_size=300))
+        elif name == "values":  # raw non-finite or huge values behind a valid header
+            bad = np.full(
+                (rows, dims.hidden_size),
+                draw(st.sampled_from([np.nan, np.inf, -np.inf, 3e38])),
+                np.float32,
+            )
+            tensor.CopyFrom(
+                decoder_pb2.Tensor(
+                    dtype=decoder_pb2.DTYPE_FLOAT32,
+                    shape=[rows, dims.hidden_size],
+                    codec=decoder_pb2.CODEC_FP32,
+                    compression=decoder_pb2.COMPRESSION_NONE,
+                    data=bad.tobytes(),
+                )
+            )
+        elif name == "source_length":
+            req.source_length = draw(small_or(UINT32))
+        elif name == "max_new_tokens":
+            params.max_new_tokens = draw(small_or(UINT32))
+        elif name == "min_new_tokens":
+            params.min_new_tokens = draw(small_or(UINT32))
+        elif name == "forced_first_token":
+            params.forced_first_token = draw(small_or(INT64, -1, dims.vocab_size + 1))
+        elif name == "target_language":
+            params.target_language = draw(st.text(max_size=10))
+        elif name == "eos_token_id":
+            params.eos_token_id = draw(small_or(INT64, -1, dims.vocab_size + 1))
+        elif name == "prefix":
+            del req.prefix[:]
+            req.prefix.extend(draw(st.lists(small_or(INT64, -1, dims.vocab_size + 1), max_size=70)))
+    return req
+
+
+ALLOWED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
+
+
+def test_arbitrary_requests_never_yield_internal(shared_server, model):
+    client = stub(shared_server)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(decode_requests(model))
+    def check(req):
+        try:
+            collect(client, req, timeout=20)
+        except grpc.RpcError as exc:
+            assert exc.code() in ALLOWED, (exc.code(), exc.details())
+            assert exc.details()
+
+    check()
+    ids, final = collect(client, request(model, [5, 6, 1], max_new_tokens=4))
+    assert final.token_count == len(ids)
+    load = next(iter(shared_server.engines.values())).load
+    assert load == (0, 0)

@@ -1,0 +1,183 @@
+"""decide: Observations (+ profiles, config, state) -> Decision. The routing policy itself.
+
+Pure on purpose: the simulator replays traces through this exact function, and the edge agent
+calls it with live measurements; neither can tell the difference. No I/O, no clock, no RNG.
+
+Order of rules, for every policy:
+
+1. ``local_only`` request -> LOCAL (privacy outranks speed);
+2. offline or outage detected -> LOCAL; circuit breaker open -> LOCAL;
+3. metered network and the upload would exceed the byte budget -> LOCAL;
+4. the policy proper: ``always_local``, ``always_cloud``, ``threshold`` or ``cost_model``.
+
+``cost_model`` predicts the time from now to the last token on each route:
+
+- LOCAL  = backlog + decode(n steps) on the device profile x slowdown(cpu_load);
+- CLOUD  = upload(payload at the pessimistic uplink) + RTT + cloud queue + cloud cache init
+  + decode(n steps) on the cloud profile at the cloud's batch size
+  + whatever of the token stream the link cannot carry while the cloud decodes;
+  and prices failure: with probability ``loss_rate`` the attempt is lost and the request
+  finishes locally after the hedge deadline (or the call deadline, without hedge).
+
+It picks the smaller, with hysteresis, and gives CLOUD a hedge deadline: ``hedge_factor`` x the
+pessimistic time to first token + ``hedge_slack_ms``; if no token has arrived by then the agent
+also starts decoding locally and keeps whichever finishes first. Every term of CLOUD grows as
+bandwidth shrinks, so more bandwidth never turns CLOUD into LOCAL.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from tandem.policy.config import PolicyConfig, payload_bytes
+from tandem.policy.observations import Decision, Observations, Route
+from tandem.policy.profile import Profile
+
+log = logging.getLogger(__name__)
+
+COST_REASONS = frozenset({"cloud_faster", "local_faster"})
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """What ``decide`` remembers between requests: only the last cost-based route (hysteresis)."""
+
+    last_route: Route | None = None
+
+
+def remember(state: PolicyState, decision: Decision) -> PolicyState:
+    """State for the next request. Forced routes (offline, local_only, ...) do not count: they
+    say nothing about which route is faster."""
+    if decision.reason in COST_REASONS:
+        return PolicyState(last_route=decision.route)
+    return state
+
+
+def slowdown(cpu_load: float, max_cpu_load: float = 0.9) -> float:
+    """How much longer local decoding takes when other work uses ``cpu_load`` of the CPU.
+
+    Decoding gets the share the other work leaves: 1 / (1 - load), capped at
+    1 / (1 - max_cpu_load). The simulator's device uses the same law, so it is the one
+    documented assumption about load rather than two.
+    """
+    return 1.0 / (1.0 - min(max(cpu_load, 0.0), max_cpu_load))
+
+
+def load_from_timing(measured_ms: float, expected_ms: float) -> float:
+    """CPU load implied by a run that took ``measured_ms`` where the profile says ``expected_ms``.
+
+    The inverse of ``slowdown``: the edge agent times the encoder it just ran (same cores,
+    milliseconds before the decision) and passes the result as ``Observations.cpu_load``. This
+    needs no system-wide CPU counters (which mobile OSes do not expose to apps) and has no lag.
+    """
+    if measured_ms <= 0 or expected_ms <= 0:
+        return 0.0
+    return min(max(1.0 - expected_ms / measured_ms, 0.0), 1.0)
+
+
+@dataclass(frozen=True)
+class RouteCosts:
+    """Predicted milliseconds from the decision to the last token, and the hedge deadline."""
+
+    local_ms: float
+    cloud_ms: float
+    """Expected CLOUD time including the price of a failed attempt."""
+    ttft_ms: float
+    """Expected time to the first cloud token (typical uplink and RTT)."""
+    hedge_deadline_ms: float | None
+    payload_bytes: int
+
+
+def predict_costs(
+    obs: Observations, device: Profile, cloud: Profile, cfg: PolicyConfig
+) -> RouteCosts:
+    """The cost model's arithmetic, exposed so logs and tests can show what ``decide`` saw."""
+    # Both routes are priced at a pessimistic length: local decoding costs several times more
+    # per token, so an underestimated output hurts LOCAL most (and fills the latency tail).
+    n = obs.predicted_tokens + cfg.length_margin_sd * obs.predicted_tokens_sd
+    if obs.local_ms_per_token is not None:
+        local_decode = obs.local_ms_per_token * n
+    else:
+        local_decode = device.decode_ms(n) * slowdown(obs.cpu_load, cfg.max_cpu_load)
+    local_ms = obs.local_backlog_ms + local_decode
+
+    prior = cfg.estimators
+    rtt = obs.rtt_ms if obs.rtt_ms is not None else prior.prior_rtt_ms
+    bw = obs.uplink_bps if obs.uplink_bps is not None else prior.prior_uplink_bps
+    bw_low = obs.uplink_low_bps if obs.uplink_low_bps is not None else bw
+    nbytes = payload_bytes(obs.src_len, device.hidden_size, cfg.codec, cfg.payload_overhead_bytes)
+    upload_ms = nbytes * 8000.0 / bw_low if bw_low > 0 else math.inf
+    upload_typical_ms = nbytes * 8000.0 / bw if bw > 0 else math.inf
+    if obs.cloud_ms_per_token is not None:
+        cloud_decode = obs.cloud_ms_per_token * n
+        first_step = obs.cloud_ms_per_token
+    else:
+        cloud_decode = cloud.decode_ms(n, obs.cloud_batch)
+        first_step = cloud.step_ms(obs.cloud_batch, 1)
+    # The downlink is not measured; the uplink stands in for it (cellular downlinks are faster).
+    stream_ms = n * cfg.token_bytes * 8000.0 / bw_low if bw_low > 0 else math.inf
+    at_cloud = obs.cloud_queue_ms + cloud.encoder_ms(obs.src_len)  # queue + cache init
+    cloud_ms = upload_ms + rtt + at_cloud + max(cloud_decode, stream_ms)
+    ttft_ms = upload_typical_ms + rtt + at_cloud + first_step
+    hedge = cfg.hedge_factor * ttft_ms + cfg.hedge_slack_ms if cfg.hedge else None
+    if obs.loss_rate > 0 and math.isfinite(cloud_ms):
+        wait = hedge if hedge is not None else cfg.call_deadline_ms
+        failed = min(wait, cfg.call_deadline_ms) + local_ms
+        cloud_ms = (1.0 - obs.loss_rate) * cloud_ms + obs.loss_rate * failed
+    return RouteCosts(local_ms, cloud_ms, ttft_ms, hedge, nbytes)
+
+
+def decide(
+    obs: Observations,
+    device: Profile,
+    cloud: Profile,
+    cfg: PolicyConfig,
+    state: PolicyState | None = None,
+) -> Decision:
+    """Route one request.
+
+    ``device`` is the profile of this device (already scaled to its speed), ``cloud`` the
+    cloud's; ``state`` is what ``remember`` returned after the previous decision (None at
+    start). Never raises for valid inputs; offline is a normal state, answered with LOCAL.
+    """
+    costs = predict_costs(obs, device, cloud, cfg)
+
+    def local(reason: str) -> Decision:
+        return Decision(Route.LOCAL, reason, costs.local_ms, costs.cloud_ms)
+
+    def cloud_route(reason: str, hedge: float | None = None) -> Decision:
+        return Decision(Route.CLOUD, reason, costs.local_ms, costs.cloud_ms, hedge)
+
+    if obs.local_only:
+        return local("local_only")
+    if not obs.online:
+        return local("offline")
+    if obs.breaker_open:
+        return local("breaker_open")
+    if obs.byte_budget_left is not None and costs.payload_bytes > obs.byte_budget_left:
+        return local("byte_budget")
+
+    policy = cfg.policy
+    if policy == "always_local":
+        return local("always_local")
+    if policy == "always_cloud":
+        return cloud_route("always_cloud")
+    if policy == "threshold":
+        bw = obs.uplink_bps if obs.uplink_bps is not None else cfg.estimators.prior_uplink_bps
+        if bw >= cfg.threshold_uplink_bps and obs.src_len >= cfg.threshold_src_len:
+            return cloud_route("threshold_cloud")
+        return local("threshold_local")
+
+    # cost_model
+    last = state.last_route if state is not None else None
+    if last is Route.CLOUD:
+        go_cloud = costs.cloud_ms <= costs.local_ms * (1.0 + cfg.hysteresis)
+    elif last is Route.LOCAL:
+        go_cloud = costs.cloud_ms < costs.local_ms * (1.0 - cfg.hysteresis)
+    else:
+        go_cloud = costs.cloud_ms < costs.local_ms
+    if go_cloud:
+        return cloud_route("cloud_faster", costs.hedge_deadline_ms)
+    return local("local_faster")

@@ -1,0 +1,188 @@
+"""decide: constraints every policy honours, cost-model behaviour, and invariants."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tandem.policy import (
+    POLICIES,
+    Observations,
+    PolicyConfig,
+    PolicyState,
+    Route,
+    decide,
+    load_from_timing,
+    predict_costs,
+    remember,
+    slowdown,
+)
+
+GOOD = dict(rtt_ms=60.0, rtt_high_ms=80.0, uplink_bps=20e6, uplink_low_bps=10e6)
+
+
+def obs(**kw) -> Observations:
+    base = dict(src_len=20, predicted_tokens=40.0, predicted_tokens_sd=2.0, **GOOD)
+    base.update(kw)
+    return Observations(**base)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"online": False}, "offline"),
+        ({"local_only": True}, "local_only"),
+        ({"local_only": True, "online": False}, "local_only"),
+        ({"breaker_open": True}, "breaker_open"),
+        ({"byte_budget_left": 1000.0}, "byte_budget"),
+    ],
+)
+def test_constraints_force_local_for_every_policy(policy, kw, reason, device, cloud):
+    d = decide(obs(**kw), device, cloud, PolicyConfig(policy=policy))
+    assert d.route is Route.LOCAL and d.reason == reason and d.hedge_deadline_ms is None
+
+
+def test_a_budget_that_covers_the_upload_does_not_block(device, cloud):
+    d = decide(obs(byte_budget_left=1e9), device, cloud, PolicyConfig(policy="always_cloud"))
+    assert d.route is Route.CLOUD
+
+
+def test_static_policies(device, cloud):
+    assert decide(obs(), device, cloud, PolicyConfig(policy="always_local")).route is Route.LOCAL
+    d = decide(obs(), device, cloud, PolicyConfig(policy="always_cloud"))
+    assert d.route is Route.CLOUD and d.hedge_deadline_ms is None
+    thr = PolicyConfig(policy="threshold")
+    assert decide(obs(), device, cloud, thr).route is Route.CLOUD
+    assert decide(obs(src_len=3), device, cloud, thr).route is Route.LOCAL
+    slow = obs(uplink_bps=100e3, uplink_low_bps=50e3)
+    assert decide(slow, device, cloud, thr).route is Route.LOCAL
+
+
+def test_cost_model_sends_long_outputs_to_the_cloud_with_a_hedge(device, cloud):
+    cfg = PolicyConfig()
+    d = decide(obs(predicted_tokens=60.0), device, cloud, cfg)
+    assert d.route is Route.CLOUD and d.reason == "cloud_faster"
+    assert d.cloud_ms < d.local_ms
+    assert d.hedge_deadline_ms is not None and 0 < d.hedge_deadline_ms < d.local_ms
+
+
+def test_cost_model_keeps_short_outputs_local(device, cloud):
+    d = decide(obs(predicted_tokens=4.0, predicted_tokens_sd=0.5), device, cloud, PolicyConfig())
+    assert d.route is Route.LOCAL and d.reason == "local_faster"
+
+
+def test_cpu_load_pushes_work_to_the_cloud(device, cloud):
+    o = obs(predicted_tokens=12.0, predicted_tokens_sd=1.0)
+    assert decide(o, device, cloud, PolicyConfig()).route is Route.LOCAL
+    busy = dataclasses.replace(o, cpu_load=0.75)
+    assert decide(busy, device, cloud, PolicyConfig()).route is Route.CLOUD
+
+
+def test_a_slow_link_keeps_work_local(device, cloud):
+    o = obs(uplink_bps=50e3, uplink_low_bps=30e3)
+    assert decide(o, device, cloud, PolicyConfig()).route is Route.LOCAL
+
+
+def test_failures_make_the_cloud_more_expensive(device, cloud):
+    cfg = PolicyConfig()
+    calm = predict_costs(obs(), device, cloud, cfg)
+    lossy = predict_costs(obs(loss_rate=0.5), device, cloud, cfg)
+    assert lossy.cloud_ms > calm.cloud_ms and lossy.local_ms == calm.local_ms
+
+
+def test_hysteresis_keeps_the_last_route_near_the_break_even_point(device, cloud):
+    cfg = PolicyConfig(hysteresis=0.2)
+    # Find a request length where the two routes cost about the same.
+    n = next(
+        k
+        for k in range(1, 200)
+        if predict_costs(
+            obs(predicted_tokens=k, predicted_tokens_sd=0), device, cloud, cfg
+        ).cloud_ms
+        < predict_costs(obs(predicted_tokens=k, predicted_tokens_sd=0), device, cloud, cfg).local_ms
+    )
+    o = obs(predicted_tokens=float(n), predicted_tokens_sd=0.0)
+    assert decide(o, device, cloud, cfg, PolicyState(Route.LOCAL)).route is Route.LOCAL
+    assert decide(o, device, cloud, cfg, PolicyState(Route.CLOUD)).route is Route.CLOUD
+
+
+def test_remember_ignores_forced_routes(device, cloud):
+    state = PolicyState(Route.CLOUD)
+    forced = decide(obs(online=False), device, cloud, PolicyConfig())
+    assert remember(state, forced) == state
+    chosen = decide(obs(predicted_tokens=2.0), device, cloud, PolicyConfig())
+    assert remember(state, chosen) == PolicyState(chosen.route)
+
+
+def test_load_from_timing_inverts_slowdown():
+    for load in (0.0, 0.3, 0.75):
+        assert load_from_timing(10.0 * slowdown(load), 10.0) == pytest.approx(load)
+    assert load_from_timing(5.0, 10.0) == 0.0  # faster than the profile: no load
+
+
+def test_observations_reject_nonsense():
+    with pytest.raises(ValueError, match="cpu_load"):
+        obs(cpu_load=1.5)
+    with pytest.raises(ValueError, match="uplink_bps"):
+        obs(uplink_bps=-1.0)
+
+
+# -- properties ------------------------------------------------------------------------------
+
+observations = st.builds(
+    Observations,
+    src_len=st.integers(0, 200),
+    predicted_tokens=st.floats(0, 300),
+    predicted_tokens_sd=st.floats(0, 50),
+    online=st.booleans(),
+    breaker_open=st.just(False),
+    local_only=st.booleans(),
+    byte_budget_left=st.one_of(st.none(), st.floats(0, 1e6)),
+    rtt_ms=st.one_of(st.none(), st.floats(1, 2000)),
+    rtt_high_ms=st.one_of(st.none(), st.floats(1, 4000)),
+    uplink_bps=st.one_of(st.none(), st.floats(1e3, 1e9)),
+    uplink_low_bps=st.one_of(st.none(), st.floats(1e3, 1e9)),
+    loss_rate=st.floats(0, 1),
+    cpu_load=st.floats(0, 1),
+    local_backlog_ms=st.floats(0, 5000),
+    cloud_batch=st.integers(1, 16),
+    cloud_queue_ms=st.floats(0, 500),
+)
+states = st.sampled_from([None, PolicyState(), PolicyState(Route.LOCAL), PolicyState(Route.CLOUD)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    o=observations, factor=st.floats(1.0, 1000.0), policy=st.sampled_from(POLICIES), state=states
+)
+def test_more_bandwidth_never_turns_cloud_into_local(o, factor, policy, state, device, cloud):
+    """Invariant: all else equal, scaling the uplink up keeps a CLOUD decision CLOUD."""
+    cfg = PolicyConfig(policy=policy)
+    before = decide(o, device, cloud, cfg, state)
+    faster = dataclasses.replace(
+        o,
+        uplink_bps=None if o.uplink_bps is None else o.uplink_bps * factor,
+        uplink_low_bps=None if o.uplink_low_bps is None else o.uplink_low_bps * factor,
+    )
+    after = decide(faster, device, cloud, cfg, state)
+    if before.route is Route.CLOUD:
+        assert after.route is Route.CLOUD
+    assert after.cloud_ms <= before.cloud_ms or math.isnan(before.cloud_ms)
+
+
+@settings(max_examples=300, deadline=None)
+@given(o=observations, policy=st.sampled_from(POLICIES), state=states)
+def test_decide_is_total_and_honours_constraints(o, policy, state, device, cloud):
+    """Invariant: any valid observation gets a decision; offline and local_only mean LOCAL."""
+    d = decide(o, device, cloud, PolicyConfig(policy=policy), state)
+    assert d.route in (Route.LOCAL, Route.CLOUD)
+    assert math.isfinite(d.local_ms) and d.local_ms >= 0 and d.cloud_ms >= 0
+    if o.local_only or not o.online:
+        assert d.route is Route.LOCAL
+    if d.hedge_deadline_ms is not None:
+        assert d.route is Route.CLOUD and d.hedge_deadline_ms > 0

@@ -1,0 +1,40 @@
+"""PolicyConfig: validated once, unknown keys rejected; payload sizes per codec."""
+
+from __future__ import annotations
+
+import pytest
+
+from tandem.errors import ConfigError
+from tandem.policy import PolicyConfig, payload_bytes
+
+
+def test_defaults_are_valid_and_nested_sections_load():
+    cfg = PolicyConfig.from_dict({"policy": "threshold", "estimators": {"window_s": 30}})
+    assert cfg.policy == "threshold" and cfg.estimators.window_s == 30
+    assert PolicyConfig.from_dict(None) == PolicyConfig()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"polcy": "cost_model"}, "unknown keys"),
+        ({"estimators": {"windw_s": 1}}, r"policy\.estimators: unknown keys"),
+        ({"policy": "fastest"}, "policy must be one of"),
+        ({"codec": "bf16"}, "codec must be one of"),
+        ({"hedge_factor": 0.5}, r"hedge_factor must be >= 1, got 0\.5"),
+        ({"length": {"forget": 0}}, r"length\.forget"),
+        ({"hysteresis": "a lot"}, "policy"),
+        ({"estimators": []}, "expected a mapping"),
+    ],
+)
+def test_bad_config_raises_config_error_naming_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        PolicyConfig.from_dict(data)
+
+
+def test_payload_bytes_per_codec():
+    # 10 tokens x 256 hidden: fp32 4 B, fp16 2 B, int8 1 B + a 4 B scale per token.
+    assert payload_bytes(10, 256, "fp32") == 10240
+    assert payload_bytes(10, 256, "fp16") == 5120
+    assert payload_bytes(10, 256, "int8") == 2600
+    assert payload_bytes(10, 256, "int8", overhead_bytes=160) == 2760

@@ -1,0 +1,532 @@
+"""Runner: replay one workload over one trace under one policy, the way a real agent would.
+
+For each request, in arrival order:
+
+1. the device runs the encoder (waiting for a free compute lane) and times it — the ratio to
+   the profile's encoder time is the agent's reading of the current CPU load;
+2. everything the agent would have *measured by then* is fed to the estimators — probes
+   leaving and returning, finished (or stalled) uploads, first tokens, call outcomes and
+   finished requests' lengths, each at the instant the agent learns it; never the trace;
+3. ``tandem.policy.decide`` routes it — the very function the edge agent calls;
+4. the route is played out on the link model and the device: LOCAL decodes on the device at
+   its current load; CLOUD uploads, waits, decodes and streams back; a hedge deadline starts
+   local decoding if no token came in time (first to finish wins); the call deadline cuts a
+   late call and resumes locally from the tokens received.
+
+The oracle plays both routes for each request with full knowledge and keeps the faster one
+(it still honours ``local_only`` and the byte budget).
+
+Common random numbers: one seed draws the workload, per-request RTT jitter, loss draws, cloud
+queue waits, the device load series and probe jitter, once; every trace and every policy
+replays those same draws. Results are therefore reproducible bit for bit and differences
+between policies are not noise from different requests.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import heapq
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tandem.errors import ConfigError
+from tandem.policy import (
+    NetworkState,
+    Observations,
+    PolicyConfig,
+    PolicyState,
+    Profile,
+    Route,
+    decide,
+    estimate,
+    load_from_timing,
+    observe_length,
+    observe_outcome,
+    observe_probe_result,
+    observe_probe_sent,
+    observe_ttft,
+    observe_upload,
+    payload_bytes,
+    predict_length,
+    remember,
+    slowdown,
+)
+from tandem.policy.length import LengthModel
+from tandem.sim.link import LinkConfig, cloud_call, loses_packet, probe_rtt_ms, rtt_ms_at
+from tandem.sim.load import LOAD_KINDS, LoadSeries, make_load
+from tandem.sim.trace import Trace
+from tandem.sim.workload import Workload, make_workload
+
+log = logging.getLogger(__name__)
+
+SIM_POLICIES: tuple[str, ...] = (
+    "always_local",
+    "always_cloud",
+    "threshold",
+    "cost_model",
+    "oracle",
+)
+
+DEVICE_SPEED_FACTOR = 5.0
+"""Default device-speed factor: a mid-range phone's CPU takes ~5x a server core's time per
+decoder step (rationale and sources in docs/simulation.md)."""
+
+DEVICE_MAX_LOAD = 0.9
+"""The simulated device never gives local decoding less than 10% of its CPU."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Everything about the simulated world that is not the trace or the policy."""
+
+    device_speed_factor: float = DEVICE_SPEED_FACTOR
+    """Device profile times are multiplied by this (the device is this much slower)."""
+    device_lanes: int = 2
+    """Inference runs the device can do at once at full speed (one per big-core cluster)."""
+    load: str = "bursty"
+    """Device load kind: idle, busy or bursty (see ``sim/load.py``)."""
+    rate_per_s: float = 0.5
+    """Poisson arrival rate of requests."""
+    cloud_batch: int = 4
+    """Sequences the cloud decodes together: a moderately loaded server."""
+    cloud_queue_ms: float = 5.0
+    """Mean wait in the cloud's queue (exponential); reported to the agent as its mean."""
+    probe_interval_s: float = 2.0
+    """The agent pings the cloud this often (RTT and reachability)."""
+    probe_timeout_ms: float = 1000.0
+    local_only_share: float = 0.0
+    """Fraction of requests flagged ``local_only`` (privacy)."""
+    byte_budget: float | None = None
+    """Bytes the metered network may carry over the whole run; None: not metered."""
+    link: LinkConfig = field(default_factory=LinkConfig)
+
+    def __post_init__(self) -> None:
+        if not self.device_speed_factor > 0:
+            raise ConfigError(f"device-speed factor must be > 0, got {self.device_speed_factor}")
+        if self.device_lanes < 1:
+            raise ConfigError(f"device_lanes must be >= 1, got {self.device_lanes}")
+        if self.load not in LOAD_KINDS:
+            raise ConfigError(f"load must be one of {list(LOAD_KINDS)}, got {self.load!r}")
+        if self.cloud_batch < 1:
+            raise ConfigError(f"cloud_batch must be >= 1, got {self.cloud_batch}")
+        if not self.cloud_queue_ms >= 0:
+            raise ConfigError(f"cloud_queue_ms must be >= 0, got {self.cloud_queue_ms}")
+        if not self.probe_interval_s > 0:
+            raise ConfigError(f"probe_interval_s must be > 0, got {self.probe_interval_s}")
+
+
+@dataclass(frozen=True)
+class Draws:
+    """The random numbers of one run, drawn once and shared by every trace and policy."""
+
+    workload: Workload
+    load: LoadSeries
+    rtt_jitter: np.ndarray  # (n,) float64, log-normal factors
+    loss_uniform: np.ndarray  # (n,) float64, U(0,1)
+    queue_ms: np.ndarray  # (n,) float64, cloud queue waits
+    probe_jitter: np.ndarray  # (probes,) float64
+    end_s: float
+    """Time covered by the run: last arrival plus a margin for the last requests to finish."""
+
+
+def make_draws(n_requests: int, scenario: Scenario, seed: int) -> Draws:
+    rng = np.random.default_rng(seed)
+    workload = make_workload(n_requests, scenario.rate_per_s, rng, scenario.local_only_share)
+    n = len(workload.requests)
+    sigma = scenario.link.rtt_jitter
+    rtt_jitter = rng.lognormal(0.0, sigma, size=n) if sigma > 0 else np.ones(n)
+    loss_uniform = rng.random(n)
+    queue_ms = (
+        rng.exponential(scenario.cloud_queue_ms, size=n) if scenario.cloud_queue_ms else np.zeros(n)
+    )
+    end_s = workload.requests[-1].arrival_s + 60.0
+    load = make_load(scenario.load, end_s, rng)
+    probes = int(end_s / scenario.probe_interval_s) + 1
+    probe_jitter = rng.lognormal(0.0, sigma, size=probes) if sigma > 0 else np.ones(probes)
+    return Draws(workload, load, rtt_jitter, loss_uniform, queue_ms, probe_jitter, end_s)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Per-request outcome of one trace x policy run (arrays indexed by request)."""
+
+    trace: str
+    policy: str
+    arrival_s: np.ndarray  # (n,) float64
+    latency_ms: np.ndarray  # (n,) float64, arrival to last token
+    cloud: np.ndarray  # (n,) bool, decided CLOUD
+    fallback: np.ndarray  # (n,) bool, decided CLOUD but finished by local decoding
+    timeout: np.ndarray  # (n,) bool, the cloud call hit its deadline
+    bytes_up: np.ndarray  # (n,) float64, request bytes that went up the link
+    predicted_local_ms: np.ndarray  # (n,) float64, decision to last token; oracle: actual
+    predicted_cloud_ms: np.ndarray  # (n,) float64, idem for the cloud route
+    reasons: tuple[str, ...]  # decision reason per request
+
+
+def _probe_events(
+    trace: Trace, scenario: Scenario, draws: Draws
+) -> list[tuple[float, float | None]]:
+    """(time, rtt_ms) for every probe leaving (rtt_ms = nan) and returning (rtt_ms, or None if
+    it timed out), in time order; the same for every policy."""
+    events: list[tuple[float, float | None]] = []
+    timeout = scenario.probe_timeout_ms
+    for k, jitter in enumerate(draws.probe_jitter):
+        t = k * scenario.probe_interval_s
+        rtt = probe_rtt_ms(trace, scenario.link, t, float(jitter))
+        events.append((t, math.nan))
+        if rtt <= timeout:
+            events.append((t + rtt / 1000.0, rtt))
+        else:
+            events.append((t + timeout / 1000.0, None))
+    events.sort(key=lambda e: e[0])
+    return events
+
+
+class _Device:
+    """The device's compute lanes: encoder passes and decoder runs, each unpreempted on one lane.
+
+    ``lanes`` runs can proceed at once at full speed (a phone runs one inference per big-core
+    cluster or so); a run that finds every lane busy waits. Work is booked as busy intervals.
+    Requests are played in arrival order, but a fallback or hedge books its local run at a
+    future instant (a deadline); a later request's encoder may still use the gap before it, as
+    it would on a real device. Intervals that ended before the current request are forgotten.
+    """
+
+    def __init__(self, profile: Profile, load: LoadSeries, lanes: int) -> None:
+        self.profile = profile
+        self.load = load
+        self.lanes: list[list[tuple[float, float]]] = [[] for _ in range(lanes)]
+
+    def slow(self, t_s: float) -> float:
+        return slowdown(self.load.at(t_s), DEVICE_MAX_LOAD)
+
+    def forget_before(self, t_s: float) -> None:
+        for busy in self.lanes:
+            while busy and busy[0][1] <= t_s:
+                busy.pop(0)
+
+    def slot(self, earliest_s: float, duration) -> tuple[float, float, int]:
+        """Earliest (start, end, lane) at or after ``earliest_s`` fitting ``duration(start)`` s."""
+        best = None
+        for lane, busy in enumerate(self.lanes):
+            t = earliest_s
+            for start, end in busy:
+                if end <= t:
+                    continue
+                if t + duration(t) <= start:
+                    break
+                t = end
+            if best is None or t < best[0]:
+                best = (t, t + duration(t), lane)
+        return best
+
+    def book(self, start_s: float, end_s: float, lane: int) -> None:
+        if end_s > start_s:
+            bisect.insort(self.lanes[lane], (start_s, end_s))
+
+    def free_from(self, t_s: float) -> float:
+        """First instant at or after ``t_s`` when some lane is idle."""
+        best = math.inf
+        for busy in self.lanes:
+            t = t_s
+            for start, end in busy:
+                if start <= t < end:
+                    t = end
+            best = min(best, t)
+        return best
+
+    def encode(self, arrival_s: float, src_len: int) -> tuple[float, float]:
+        """Run the encoder; returns (end time, measured ms) — the agent times its encoder."""
+        ms = self.profile.encoder_ms(src_len)
+        start, end, lane = self.slot(arrival_s, lambda t: ms * self.slow(t) / 1000.0)
+        self.book(start, end, lane)
+        return end, (end - start) * 1000.0
+
+    def decode_s(self, start_s: float, steps: int, prefix: int = 0) -> float:
+        """Seconds to decode ``steps`` steps starting at ``start_s``, the first ``prefix`` of
+        them forced from received tokens in one pass (costed like an encoder pass)."""
+        p = self.profile
+        ms = p.decode_ms(steps) - p.decode_ms(prefix)
+        if prefix:
+            ms += p.encoder_ms(prefix)
+        return ms * self.slow(start_s) / 1000.0
+
+    def decode_slot(
+        self, earliest_s: float, steps: int, prefix: int = 0
+    ) -> tuple[float, float, int]:
+        return self.slot(earliest_s, lambda t: self.decode_s(t, steps, prefix))
+
+
+def simulate(
+    trace: Trace,
+    policy: str,
+    draws: Draws,
+    scenario: Scenario,
+    device: Profile,
+    cloud: Profile,
+    cfg: PolicyConfig,
+) -> RunResult:
+    """Replay ``draws`` over ``trace`` under ``policy`` (one of ``SIM_POLICIES``).
+
+    ``device`` is the profile already scaled by the device-speed factor; ``cfg.policy`` is
+    overridden by ``policy``.
+    """
+    if policy not in SIM_POLICIES:
+        raise ConfigError(f"unknown policy {policy!r}; choose from {', '.join(SIM_POLICIES)}")
+    oracle = policy == "oracle"
+    if not oracle and cfg.policy != policy:
+        cfg = dataclasses.replace(cfg, policy=policy)
+    requests = draws.workload.requests
+    n = len(requests)
+    link = scenario.link
+    dev = _Device(device, draws.load, scenario.device_lanes)
+    latency = np.zeros(n)
+    went_cloud = np.zeros(n, dtype=bool)
+    fell_back = np.zeros(n, dtype=bool)
+    timed_out = np.zeros(n, dtype=bool)
+    sent = np.zeros(n)
+    pred_local = np.zeros(n)
+    pred_cloud = np.full(n, math.inf)
+    reasons: list[str] = []
+
+    est_cfg = cfg.estimators
+    len_cfg = cfg.length
+    net = NetworkState()
+    lengths = LengthModel()
+    pstate = PolicyState()
+    probes = _probe_events(trace, scenario, draws) if not oracle else []
+    probe_i = 0
+    pending: list[tuple[float, int, str, tuple]] = []  # heap of (time, seq, kind, data)
+    seq = 0
+    budget_left = scenario.byte_budget
+    deadline_s = cfg.call_deadline_ms / 1000.0
+
+    def learn(t: float, kind: str, data: tuple) -> None:
+        nonlocal seq
+        heapq.heappush(pending, (t, seq, kind, data))
+        seq += 1
+
+    for i, req in enumerate(requests):
+        dev.forget_before(req.arrival_s)
+        t_e, encoder_ms = dev.encode(req.arrival_s, req.src_len)
+
+        # -- what the agent knows at t_e --------------------------------------------------
+        while True:
+            t_probe = probes[probe_i][0] if probe_i < len(probes) else math.inf
+            t_heap = pending[0][0] if pending else math.inf
+            if min(t_probe, t_heap) > t_e:
+                break
+            if t_probe <= t_heap:
+                t, rtt = probes[probe_i]
+                probe_i += 1
+                if rtt is not None and math.isnan(rtt):
+                    net = observe_probe_sent(net, t)
+                else:
+                    net = observe_probe_result(net, t, rtt, est_cfg)
+                continue
+            t, _, kind, data = heapq.heappop(pending)
+            if kind == "upload":
+                net = observe_upload(net, t, data[0], data[1], est_cfg, finished=data[2])
+            elif kind == "ttft":
+                net = observe_ttft(net, t, data[0], est_cfg)
+            elif kind == "outcome":
+                net = observe_outcome(net, t, data[0], est_cfg)
+            else:  # "length"
+                lengths = observe_length(lengths, data[0], data[1], data[2], len_cfg)
+
+        nbytes = payload_bytes(
+            req.src_len, device.hidden_size, cfg.codec, cfg.payload_overhead_bytes
+        )
+        # The cloud call's timeline if it were made now; what happens is decided below.
+        tl = cloud_call(
+            trace,
+            link,
+            t_e,
+            nbytes,
+            req.steps,
+            rtt_ms=rtt_ms_at(trace, link, t_e, float(draws.rtt_jitter[i])),
+            lost=loses_packet(nbytes, link, float(draws.loss_uniform[i])),
+            cloud_wait_ms=float(draws.queue_ms[i]) + cloud.encoder_ms(req.src_len),
+            cloud_decode_ms=cloud.decode_ms(req.steps, scenario.cloud_batch),
+            token_bytes=cfg.token_bytes,
+        )
+
+        if oracle:
+            local_end = dev.decode_slot(t_e, req.steps)[1]
+            route, hedge, reason = Route.LOCAL, None, "local_faster"
+            pred_local[i] = (local_end - t_e) * 1000.0
+            if req.local_only:
+                reason = "local_only"
+            elif budget_left is not None and nbytes > budget_left:
+                reason = "byte_budget"
+            else:
+                cloud_end = _cloud_only_end(tl, t_e, deadline_s, dev, req.steps, trace)
+                pred_cloud[i] = (cloud_end - t_e) * 1000.0
+                if cloud_end < local_end:
+                    route, reason = Route.CLOUD, "cloud_faster"
+            reasons.append(reason)
+        else:
+            est = estimate(net, t_e, est_cfg)
+            length = predict_length(lengths, req.lang, req.src_len, len_cfg)
+            obs = Observations(
+                src_len=req.src_len,
+                predicted_tokens=length.tokens,
+                predicted_tokens_sd=length.sd,
+                online=not est.outage,
+                local_only=req.local_only,
+                byte_budget_left=budget_left,
+                rtt_ms=est.rtt_ms,
+                rtt_high_ms=est.rtt_high_ms,
+                uplink_bps=est.uplink_bps,
+                uplink_low_bps=est.uplink_low_bps,
+                loss_rate=est.loss_rate,
+                cpu_load=load_from_timing(encoder_ms, device.encoder_ms(req.src_len)),
+                local_backlog_ms=(dev.free_from(t_e) - t_e) * 1000.0,
+                cloud_batch=scenario.cloud_batch,
+                cloud_queue_ms=scenario.cloud_queue_ms,
+            )
+            decision = decide(obs, device, cloud, cfg, pstate)
+            pstate = remember(pstate, decision)
+            pred_local[i], pred_cloud[i] = decision.local_ms, decision.cloud_ms
+            reasons.append(decision.reason)
+            route, hedge = decision.route, decision.hedge_deadline_ms
+
+        # -- play it out ---------------------------------------------------------------------
+        if route is Route.LOCAL:
+            start, finish, lane = dev.decode_slot(t_e, req.steps)
+            dev.book(start, finish, lane)
+        else:
+            went_cloud[i] = True
+            deadline = t_e + deadline_s
+            done = tl.last_token_s if tl.last_token_s <= deadline else math.inf
+            t_hedge = t_e + hedge / 1000.0 if hedge is not None else math.inf
+            if tl.first_token_s <= t_hedge or t_hedge >= deadline:
+                # Committed to the cloud (or the hedge would come after the deadline anyway).
+                if done < math.inf:
+                    finish, abandon, late = done, done, None
+                else:
+                    timed_out[i] = fell_back[i] = True
+                    k = tl.tokens_by(trace, deadline)
+                    start, finish, lane = dev.decode_slot(deadline, req.steps, prefix=k)
+                    dev.book(start, finish, lane)
+                    abandon = late = deadline
+            else:
+                late = t_hedge
+                start, local_end, lane = dev.decode_slot(t_hedge, req.steps)
+                if done < local_end:
+                    finish, abandon = done, done
+                else:
+                    finish = local_end
+                    fell_back[i] = True
+                    abandon = min(local_end, deadline)
+                    timed_out[i] = deadline < local_end
+                dev.book(start, max(start, finish), lane)
+            sent[i] = tl.bytes_up_by(trace, abandon, nbytes)
+            if budget_left is not None:
+                budget_left -= sent[i]
+            if not oracle:
+                _learn_call(learn, tl, trace, t_e, nbytes, late, abandon, done)
+        latency[i] = (finish - req.arrival_s) * 1000.0
+        if not oracle:
+            learn(finish, "length", (req.lang, req.src_len, req.steps))
+
+    return RunResult(
+        trace=trace.name,
+        policy=policy,
+        arrival_s=np.array([r.arrival_s for r in requests]),
+        latency_ms=latency,
+        cloud=went_cloud,
+        fallback=fell_back,
+        timeout=timed_out,
+        bytes_up=sent,
+        predicted_local_ms=pred_local,
+        predicted_cloud_ms=pred_cloud,
+        reasons=tuple(reasons),
+    )
+
+
+def _learn_call(
+    learn, tl, trace: Trace, t_e: float, nbytes: int, late, abandon: float, done: float
+):
+    """Queue what the agent learns from one cloud call, each at the instant it learns it.
+
+    - a finished upload: its throughput, once the last byte is acknowledged;
+    - the first token: time to first token;
+    - the call turning late (hedge deadline or call deadline passed without what it waited
+      for): a failed outcome right then, and, if the upload is still under way, a *censored*
+      throughput sample — bytes acknowledged so far over the time spent (what TCP_INFO
+      reports), an upper bound on the throughput that notices a stall without waiting for it
+      to end;
+    - a completed call: a successful outcome.
+    """
+    stalled = late is not None and tl.upload_end_s > late
+    if late is not None:
+        learn(late, "outcome", (False,))
+        if stalled:
+            acked = tl.bytes_up_by(trace, late, nbytes)
+            learn(late, "upload", (acked, late - t_e, False))
+    if tl.upload_end_s <= abandon and not stalled:
+        # An upload that finished only after the call turned late was a stall, already reported
+        # as a failure and a censored sample; counting its duration again would price it twice.
+        learn(tl.upload_end_s + 2 * tl.owd_s, "upload", (nbytes, tl.upload_end_s - t_e, True))
+    if tl.first_token_s <= abandon:
+        learn(tl.first_token_s, "ttft", ((tl.first_token_s - t_e) * 1000.0,))
+    if done <= abandon:
+        learn(done, "outcome", (True,))
+
+
+def _cloud_only_end(
+    tl, t_e: float, deadline_s: float, dev: _Device, steps: int, trace: Trace
+) -> float:
+    """Completion of a CLOUD route without hedge: the call, or its deadline-cut fallback."""
+    deadline = t_e + deadline_s
+    if tl.last_token_s <= deadline:
+        return tl.last_token_s
+    return dev.decode_slot(deadline, steps, prefix=tl.tokens_by(trace, deadline))[1]
+
+
+def run_experiment(
+    traces: list[Trace],
+    policies: list[str],
+    n_requests: int,
+    seed: int,
+    scenario: Scenario,
+    device: Profile,
+    cloud: Profile,
+    cfg: PolicyConfig,
+    progress=None,
+) -> tuple[Draws, list[RunResult], dict[str, RunResult]]:
+    """Every trace x policy, plus the oracle of each trace (for regret) even if not asked for.
+
+    Returns the shared draws, the requested runs in trace-then-policy order, and the oracle
+    run per trace. ``device`` is the unscaled device profile; the scenario's device-speed
+    factor is applied here. ``progress(done, total, label)`` is called after each run.
+    """
+    unknown = [p for p in policies if p not in SIM_POLICIES]
+    if unknown:
+        raise ConfigError(f"unknown policies {unknown}; choose from {', '.join(SIM_POLICIES)}")
+    draws = make_draws(n_requests, scenario, seed)
+    slow_device = device.scaled(scenario.device_speed_factor)
+    total = len(traces) * (len(policies) + (0 if "oracle" in policies else 1))
+    done = 0
+    results: list[RunResult] = []
+    oracles: dict[str, RunResult] = {}
+    for trace in traces:
+        oracle = simulate(trace, "oracle", draws, scenario, slow_device, cloud, cfg)
+        oracles[trace.name] = oracle
+        done += 1
+        if progress:
+            progress(done, total, f"{trace.name} oracle")
+        for policy in policies:
+            if policy == "oracle":
+                results.append(oracle)
+                continue
+            results.append(simulate(trace, policy, draws, scenario, slow_device, cloud, cfg))
+            done += 1
+            if progress:
+                progress(done, total, f"{trace.name} {policy}")
+    return draws, results, oracles

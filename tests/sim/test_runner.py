@@ -1,0 +1,129 @@
+"""Runner: determinism, the oracle, constraints, causality, and fallbacks, on synthetic traces."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from sim_helpers import synthetic_trace
+
+from tandem.policy import PolicyConfig
+from tandem.sim.runner import Scenario, make_draws, run_experiment, simulate
+from tandem.sim.trace import parse_trace
+
+N = 300
+SCENARIO = Scenario()
+SCENARIO_DEADLINE_MS = PolicyConfig().call_deadline_ms
+
+
+@pytest.fixture(scope="module")
+def device(device_profile):
+    return device_profile.scaled(SCENARIO.device_speed_factor)
+
+
+@pytest.fixture(scope="module")
+def draws():
+    return make_draws(N, SCENARIO, seed=3)
+
+
+def run(trace, policy, draws, device, cloud, scenario=SCENARIO, cfg=None):
+    return simulate(trace, policy, draws, scenario, device, cloud, cfg or PolicyConfig())
+
+
+def test_same_seed_same_result_different_seed_different(trace, device, cloud_profile, draws):
+    a = run(trace, "cost_model", draws, device, cloud_profile)
+    b = run(trace, "cost_model", make_draws(N, SCENARIO, seed=3), device, cloud_profile)
+    assert np.array_equal(a.latency_ms, b.latency_ms) and a.reasons == b.reasons
+    c = run(trace, "cost_model", make_draws(N, SCENARIO, seed=4), device, cloud_profile)
+    assert not np.array_equal(a.latency_ms, c.latency_ms)
+
+
+def test_the_oracle_beats_both_static_routes_and_the_choice_matters(
+    trace, device, cloud_profile, draws
+):
+    oracle = run(trace, "oracle", draws, device, cloud_profile)
+    local = run(trace, "always_local", draws, device, cloud_profile)
+    cloud = run(trace, "always_cloud", draws, device, cloud_profile)
+    assert oracle.latency_ms.mean() <= min(local.latency_ms.mean(), cloud.latency_ms.mean())
+    assert 0.2 < oracle.cloud.mean() < 0.8
+    assert local.cloud.sum() == 0 and local.bytes_up.sum() == 0
+    # always_cloud meets the outage; once the probes notice it, even it routes LOCAL.
+    assert "offline" in cloud.reasons
+
+
+def test_a_crawling_link_times_calls_out_and_the_hedge_avoids_it(device, cloud_profile, draws):
+    """At 10 kbit/s probes still return but uploads take seconds: calls hit the deadline."""
+    crawl = parse_trace("t_s,bandwidth_mbps\n0,0.01\n", "crawl", last_row_hold_s=10.0)
+    cloud = run(crawl, "always_cloud", draws, device, cloud_profile)
+    assert cloud.timeout.sum() > 0
+    assert np.array_equal(cloud.fallback, cloud.timeout)  # no hedge: a fallback is a timeout
+    assert np.all(cloud.latency_ms[cloud.timeout] > SCENARIO_DEADLINE_MS)
+    # Two timeouts in a row declare an outage until the next probe returns.
+    assert "offline" in cloud.reasons
+    cm = run(crawl, "cost_model", draws, device, cloud_profile)
+    assert cm.timeout.sum() == 0 and cm.latency_ms.mean() < 0.5 * cloud.latency_ms.mean()
+
+
+def test_cost_model_is_close_to_the_oracle_on_a_synthetic_trace(
+    trace, device, cloud_profile, draws
+):
+    oracle = run(trace, "oracle", draws, device, cloud_profile)
+    cm = run(trace, "cost_model", draws, device, cloud_profile)
+    assert cm.latency_ms.mean() <= 1.15 * oracle.latency_ms.mean()
+    assert cm.timeout.sum() == 0  # the hedge starts local decoding before any call deadline
+
+
+def test_local_only_requests_never_upload(trace, device, cloud_profile):
+    scenario = dataclasses.replace(SCENARIO, local_only_share=1.0)
+    draws = make_draws(100, scenario, seed=0)
+    for policy in ("always_cloud", "cost_model", "oracle"):
+        r = run(trace, policy, draws, device, cloud_profile, scenario)
+        assert r.cloud.sum() == 0 and r.bytes_up.sum() == 0
+        assert set(r.reasons) == {"local_only"}
+
+
+def test_the_byte_budget_is_never_exceeded(trace, device, cloud_profile):
+    scenario = dataclasses.replace(SCENARIO, byte_budget=50_000.0)
+    draws = make_draws(200, scenario, seed=0)
+    r = run(trace, "always_cloud", draws, device, cloud_profile, scenario)
+    assert 0 < r.bytes_up.sum() <= 50_000
+    assert "byte_budget" in r.reasons
+
+
+def test_offline_link_every_request_still_finishes_locally(device, cloud_profile):
+    dead = parse_trace("t_s,bandwidth_mbps\n0,0\n", "dead", last_row_hold_s=10.0)
+    draws = make_draws(60, SCENARIO, seed=1)
+    for policy in ("always_cloud", "cost_model", "threshold"):
+        r = run(dead, policy, draws, device, cloud_profile)
+        assert np.all(np.isfinite(r.latency_ms)) and r.bytes_up.sum() == 0
+        # Once the probes notice the outage, the policy routes LOCAL for reason "offline".
+        assert r.reasons[-1] == "offline"
+        assert r.fallback.sum() == r.cloud.sum()  # every cloud attempt fell back
+
+
+def test_the_agent_never_sees_the_future(device, cloud_profile, draws):
+    """Two traces equal until t = 300 s: every decision taken before then is identical."""
+    a = synthetic_trace("a", seconds=900, outage=(600, 650))
+    text = "\n".join(
+        ["t_s,bandwidth_mbps"]
+        + [f"{t},{a.bandwidth_at(t) if t < 300 else 0.05}" for t in range(900)]
+    )
+    b = parse_trace(text + "\n", "b", last_row_hold_s=1.0)
+    ra = run(a, "cost_model", draws, device, cloud_profile)
+    rb = run(b, "cost_model", draws, device, cloud_profile)
+    before = ra.arrival_s < 299.0  # decisions happen a few ms after arrival
+    assert before.sum() > 50
+    assert [r for r, m in zip(ra.reasons, before, strict=True) if m] == [
+        r for r, m in zip(rb.reasons, before, strict=True) if m
+    ]
+    assert np.array_equal(ra.predicted_cloud_ms[before], rb.predicted_cloud_ms[before])
+    assert ra.reasons != rb.reasons  # ... and the future does change later decisions
+
+
+def test_run_experiment_always_computes_the_oracle(trace, device_profile, cloud_profile):
+    _, results, oracles = run_experiment(
+        [trace], ["cost_model"], 50, 0, SCENARIO, device_profile, cloud_profile, PolicyConfig()
+    )
+    assert [r.policy for r in results] == ["cost_model"]
+    assert set(oracles) == {trace.name}

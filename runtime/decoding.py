@@ -63,6 +63,11 @@ class GenerationParams:
             token = getattr(self, name)
             if token is not None and not 0 <= token < vocab:
                 raise InputError(f"{name} must be in [0, {vocab}), got {token}")
+        if not self.prefix and self.forced_first_token is not None and self.max_new_tokens < 2:
+            raise InputError(
+                "max_new_tokens must be at least 2 when a first token is forced "
+                "(the forced token counts as one)"
+            )
         if len(self.prefix) >= self.max_new_tokens:
             raise InputError(
                 f"prefix has {len(self.prefix)} tokens, leaving no room under max_new_tokens "

@@ -120,3 +120,11 @@ def test_bad_sources_are_input_errors(model):
         model.generate("hello")
     with pytest.raises(InputError, match="unknown target language"):
         model.generate([5, 1], target="xx")
+
+
+def test_forced_first_token_needs_room_for_one_more(model):
+    hidden = model.encode([5, 6, 1])
+    with pytest.raises(InputError, match="at least 2 when a first token is forced"):
+        model.decode(hidden, GenerationParams(max_new_tokens=1, forced_first_token=42))
+    out = model.decode(hidden, GenerationParams(max_new_tokens=2, forced_first_token=42))
+    assert len(out.ids) == 2 and out.ids[0] == 42

@@ -54,7 +54,8 @@ class Observations:
     loss_rate: float = 0.0
     """Fraction of recent cloud calls and probes that failed or timed out (0..1)."""
     cpu_load: float = 0.0
-    """Fraction of the device's CPU busy with other work (0..1), sampled in the last second."""
+    """Fraction of the device's CPU busy with other work (0..1), measured just before the
+    decision — e.g. ``load_from_timing`` of the encoder that just ran."""
     local_backlog_ms: float = 0.0
     """Device decoding work already queued ahead of this request."""
     local_ms_per_token: float | None = None

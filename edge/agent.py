@@ -51,9 +51,11 @@ from tandem.policy import (
     Route,
     decide,
     estimate,
+    load_from_timing,
     observe_length,
     observe_outcome,
-    observe_rtt,
+    observe_probe_result,
+    observe_probe_sent,
     observe_ttft,
     observe_upload,
     predict_length,
@@ -190,15 +192,14 @@ class Agent:
     def _ping_loop(self) -> None:
         interval = self.config.cloud.ping_interval_s
         while not self._stop.wait(interval):
-            now = time.monotonic()
+            sent = time.monotonic()
+            self._observe(lambda s, c, t=sent: observe_probe_sent(s, t))
             try:
                 rtt_ms = self.cloud.ping(timeout_s=max(1.0, 2 * interval))
             except CloudError:
-                self._observe(lambda s, c, t=now: observe_outcome(s, t, False, c))
-                continue
-            self._observe(
-                lambda s, c, t=now, r=rtt_ms: observe_rtt(observe_outcome(s, t, True, c), t, r, c)
-            )
+                rtt_ms = None
+            now = time.monotonic()
+            self._observe(lambda s, c, t=now, r=rtt_ms: observe_probe_result(s, t, r, c))
 
     def _observe(self, update) -> None:
         with self._lock:
@@ -214,7 +215,9 @@ class Agent:
 
     # -- the pipeline --------------------------------------------------------------------------
 
-    def observations(self, src_len: int, target: str | None, local_only: bool) -> Observations:
+    def observations(
+        self, src_len: int, target: str | None, local_only: bool, encode_ms: float = 0.0
+    ) -> Observations:
         now = time.monotonic()
         with self._lock:
             est = estimate(self._net, now, self.policy.estimators)
@@ -226,7 +229,8 @@ class Agent:
         online = self.cloud is not None and (not est.outage or breaker is BreakerState.HALF_OPEN)
         return Observations(
             src_len=src_len,
-            predicted_tokens=predicted,
+            predicted_tokens=predicted.tokens,
+            predicted_tokens_sd=predicted.sd,
             online=online,
             breaker_open=breaker is BreakerState.OPEN,
             local_only=local_only,
@@ -235,7 +239,12 @@ class Agent:
             uplink_bps=est.uplink_bps,
             uplink_low_bps=est.uplink_low_bps,
             loss_rate=est.loss_rate,
-            cpu_load=self.load.other_load(),
+            # Load of other processes (psutil), or what the encoder's own timing implies
+            # against this device's profile, whichever says the device is busier.
+            cpu_load=max(
+                self.load.other_load(),
+                load_from_timing(encode_ms, self.device_profile.encoder_ms(src_len)),
+            ),
             cloud_queue_ms=queue_ms,
         )
 
@@ -261,7 +270,7 @@ class Agent:
             t_enc = time.monotonic()
             hidden = self.model.encode(ids)  # (S, D) float32
             encode_ms = (time.monotonic() - t_enc) * 1000
-            obs = self.observations(len(ids), request.target, request.local_only)
+            obs = self.observations(len(ids), request.target, request.local_only, encode_ms)
             decision = self.route(obs)
             outcome = Outcome(
                 request_id=rid,
@@ -289,7 +298,7 @@ class Agent:
                 self._lengths,
                 request.target or "",
                 len(ids),
-                len(outcome.ids) + 1,
+                len(outcome.ids) + (outcome.finish == "eos"),  # decoder steps, EOS included
                 self.policy.length,
             )
         self.metrics.finished(outcome)
@@ -515,7 +524,12 @@ class Agent:
     def _observe_failure(self, sent: float, nbytes: int, finished: bool) -> None:
         now = time.monotonic()
         seconds = now - sent
-        self._observe(lambda s, c: observe_upload(s, now, nbytes, seconds, c, finished=finished))
+
+        def update(state, cfg):
+            state = observe_outcome(state, now, False, cfg)  # late counts as lost, now
+            return observe_upload(state, now, nbytes, seconds, cfg, finished=finished)
+
+        self._observe(update)
 
     def _observe_error(self, exc: Exception, sent: float, nbytes: int) -> str:
         now = time.monotonic()

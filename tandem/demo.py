@@ -164,7 +164,10 @@ def run_demo(
                 bundle=str(path),
                 socket=str(tmp_dir / "edge.sock"),
                 device_speed_factor=DEMO_DEVICE_SPEED_FACTOR,
-                policy=PolicyConfig(policy="cost_model"),
+                # The link is loopback: a LAN-class uplink prior instead of the cellular
+                # default, so the first requests are not priced as if on 1 Mbit/s; the agent
+                # replaces the prior with measured uploads from the first cloud call on.
+                policy=PolicyConfig(policy="cost_model", prior_uplink_bps=50e6, prior_rtt_ms=5.0),
                 cloud=CloudSettings(
                     addresses=(f"127.0.0.1:{port}",),
                     ping_interval_s=0.5,

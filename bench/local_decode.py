@@ -509,7 +509,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads, every system")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per system and case")
     parser.add_argument("--int8", action="store_true", help="also run Tandem's int8 export")
-    parser.add_argument("--cache", type=Path, default=ROOT / "build" / "bench" / "local_decode")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=ROOT / "build" / "bench" / "local_decode",
+        help="where the checkpoint and exports are kept between runs",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("SYSTEM", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -34,6 +34,9 @@ class SessionConfig:
     """One of disable, basic, extended, all."""
     providers: tuple[str, ...] = field(default=("CPUExecutionProvider",))
     """Execution providers in order of preference; each must be available in this build."""
+    allow_spinning: bool = True
+    """Let idle intra-op threads spin: lowest latency on a quiet machine. On a busy device
+    (other apps on the same cores) spinning threads steal time from each other; set False."""
 
     def __post_init__(self) -> None:
         if self.intra_op_threads < 0:
@@ -76,5 +79,8 @@ class SessionConfig:
         options.inter_op_num_threads = self.inter_op_threads
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[self.graph_optimization]
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if self.allow_spinning else "0"
+        )
         options.log_severity_level = 3  # errors only: warnings about unused initializers are noise
         return options

@@ -7,7 +7,7 @@ object. Parsing is pure (no files are opened, no environment is read): the files
 environment variable it names are read when the server starts (``tandem.cloud.server``), so a
 config for another machine (a Kubernetes ConfigMap, say) can still be validated here.
 
-Every key is documented in ``docs/cloud.md``; keep the two in step.
+Every key is documented in ``README.md ("The cloud decoder service")``; keep the two in step.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    """Bearer tokens, one per device; see docs/cloud.md for the token file format."""
+    """Bearer tokens, one per device; see README.md ("The cloud decoder service") for the token file format."""
 
     tokens_file: str | None = None
     """YAML mapping device id -> token (or -> {token, models}); read when the server starts."""

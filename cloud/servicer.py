@@ -4,7 +4,7 @@ A handler authenticates the caller, validates the request (``tandem.cloud.valida
 takes a per-client slot, submits the job to its model's engine and relays the engine's updates
 as ``DecodeEvent``s — one ``TokenChunk`` per scheduler step, then one ``DecodeFinal``. It never
 runs the model itself. This is the only module that turns errors into gRPC status codes:
-``STATUS_CODES`` below is the whole mapping, documented for clients in ``docs/cloud.md``.
+``STATUS_CODES`` below is the whole mapping, documented for clients in ``README.md ("The cloud decoder service")``.
 """
 
 from __future__ import annotations

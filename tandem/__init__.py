@@ -34,6 +34,7 @@ def __getattr__(name: str):
         return Seq2Seq
     raise AttributeError(f"module 'tandem' has no attribute {name!r}")
 
+
 __all__ = [
     "BundleError",
     "CloudError",

@@ -34,10 +34,12 @@ from tandem.edge.server import create_edge_server
 from tandem.errors import TandemError
 from tandem.policy import PolicyConfig
 from tandem.runtime.seq2seq import Seq2Seq
+from tandem.sim.runner import DEVICE_SPEED_FACTOR
 
-#: The demo's device is priced as this many times slower than the server it runs on — a
-#: mid-range phone CPU against a server core (see docs/simulation.md for the source).
-DEMO_DEVICE_SPEED_FACTOR = 4.0
+#: The demo's device is priced as this many times slower than the server it runs on: the
+#: simulator's default scenario (a mid-range phone CPU against a server core; the README's
+#: "Routing policy and trace-driven simulation" gives the rationale).
+DEMO_DEVICE_SPEED_FACTOR = DEVICE_SPEED_FACTOR
 
 
 @dataclass

@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: p.print_help() or 0)
 
     serve = cloud.add_parser("serve", help="serve model bundles over gRPC (tandem.v1.Decoder)")
-    serve.add_argument("--config", default=None, help="cloud.yaml (see docs/cloud.md)")
+    serve.add_argument(
+        "--config", default=None, help='cloud.yaml (see the README, "The cloud decoder service")'
+    )
     serve.add_argument(
         "--bundle",
         action="append",

@@ -409,6 +409,7 @@ class Agent:
                     if not hedging:
                         call.cancel()
                         cloud_alive = False
+                        self.breaker.record_failure(time.monotonic())
                     local = _LocalRun(self, hidden, params, events)
                     continue
                 kind = event[0]

@@ -32,7 +32,7 @@ from tandem.edge.client import EdgeClient
 from tandem.edge.config import BreakerSettings, CloudSettings, EdgeConfig, validate
 from tandem.edge.server import create_edge_server
 from tandem.errors import TandemError
-from tandem.policy import PolicyConfig
+from tandem.policy import EstimatorConfig, PolicyConfig
 from tandem.runtime.seq2seq import Seq2Seq
 from tandem.sim.runner import DEVICE_SPEED_FACTOR
 
@@ -169,7 +169,10 @@ def run_demo(
                 # The link is loopback: a LAN-class uplink prior instead of the cellular
                 # default, so the first requests are not priced as if on 1 Mbit/s; the agent
                 # replaces the prior with measured uploads from the first cloud call on.
-                policy=PolicyConfig(policy="cost_model", prior_uplink_bps=50e6, prior_rtt_ms=5.0),
+                policy=PolicyConfig(
+                    policy="cost_model",
+                    estimators=EstimatorConfig(prior_uplink_bps=50e6, prior_rtt_ms=5.0),
+                ),
                 cloud=CloudSettings(
                     addresses=(f"127.0.0.1:{port}",),
                     ping_interval_s=0.5,

@@ -16,18 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from tandem.defaults import bundle_path
 from tandem.demo import sample_inputs
-from tandem.edge.agent import Agent
 from tandem.edge.client import EdgeClient
-from tandem.edge.config import CloudSettings, EdgeConfig, validate
-from tandem.edge.server import create_edge_server
-from tandem.policy import PolicyConfig
 from tandem.runtime.options import SessionConfig
 from tandem.runtime.seq2seq import Seq2Seq
 
@@ -41,25 +40,37 @@ def main() -> int:
     args = parser.parse_args()
     n = 60 if args.quick else args.requests
     path = bundle_path(args.bundle)
-    session = SessionConfig(intra_op_threads=args.threads)
+    session = SessionConfig(intra_op_threads=args.threads, allow_spinning=False)
     direct_model = Seq2Seq.load(path, session)
     languages = sorted(direct_model.manifest.languages)
     inputs = sample_inputs(n, languages, seed=1)
     with tempfile.TemporaryDirectory() as tmp:
-        config = validate(
-            EdgeConfig(
-                bundle=str(path),
-                socket=str(Path(tmp) / "edge.sock"),
-                session=session,
-                cloud=CloudSettings(enabled=False),
-                policy=PolicyConfig(policy="always_local"),
+        # The agent runs as its own process, as on a device: the app is another process.
+        sock = Path(tmp) / "edge.sock"
+        config = Path(tmp) / "edge.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "bundle": str(path),
+                    "socket": str(sock),
+                    "session": {"intra_op_threads": args.threads, "allow_spinning": False},
+                    "cloud": {"enabled": False},
+                    "policy": {"policy": "always_local"},
+                }
             )
         )
-        agent = Agent(config)
-        server, where = create_edge_server(agent)
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "tandem", "edge", "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+        )
         direct_ms, agent_ms, tokens, mismatches = [], [], 0, 0
         try:
-            with EdgeClient(where["socket"]) as client:
+            deadline = time.monotonic() + 60
+            while not sock.exists():
+                if agent.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("edge agent did not start")
+                time.sleep(0.1)
+            with EdgeClient(str(sock)) as client:
                 for text, target in inputs[:5]:  # warm-up both paths
                     direct_model.generate(text, target=target)
                     client.ask(text, target)
@@ -76,8 +87,8 @@ def main() -> int:
                             agent_ms.append((time.perf_counter() - start) * 1000)
                             mismatches += answer.text != direct_model.detokenize(answer.ids)
         finally:
-            server.stop(None)
-            agent.close()
+            agent.terminate()
+            agent.wait(timeout=30)
     d_med, a_med = statistics.median(direct_ms), statistics.median(agent_ms)
     d_mean, a_mean = statistics.fmean(direct_ms), statistics.fmean(agent_ms)
     overhead_ms = a_med - d_med

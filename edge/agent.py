@@ -13,6 +13,7 @@ still running.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import queue
@@ -162,9 +163,9 @@ class Agent:
         self.cloud_profile = _load_profile(
             config.cloud_profile or PROFILES_DIR / "cloud.yaml", "cloud_profile"
         )
-        self.policy = config.policy
-        codec_spec = config.cloud.codec
-        self.codec, self.compression = codec_mod.parse_codec_spec(codec_spec)
+        self.codec, self.compression = codec_mod.parse_codec_spec(config.cloud.codec)
+        # The policy prices uploads with the codec actually used on the wire.
+        self.policy = dataclasses.replace(config.policy, codec=self.codec.value)
         self._lock = threading.Lock()
         self._net = NetworkState()
         self._lengths = LengthModel()

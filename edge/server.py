@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import stat
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -36,20 +37,39 @@ class EdgeServicer(edge_pb2_grpc.EdgeServicer):
             stream = self.agent.generate(req)
             text_so_far = ""
             ids: list[int] = []
+            pending: list[int] = []
+            pending_start = 0
+            last_sent = time.monotonic()
+            interval_s = self.agent.config.piece_interval_ms / 1000.0
+
+            def flush():
+                nonlocal text_so_far, pending, last_sent
+                text = self.agent.model.detokenize(ids) or ""
+                piece = text[len(text_so_far) :] if text.startswith(text_so_far) else text
+                text_so_far = text
+                event = edge_pb2.GenerateEvent(
+                    piece=edge_pb2.TextPiece(text=piece, ids=pending, start=pending_start)
+                )
+                pending, last_sent = [], time.monotonic()
+                return event
+
             for item in stream:
                 if not context.is_active():
                     stream.close()  # app went away: cancel cloud call / local decoding
                     return
                 if isinstance(item, Outcome):
+                    if pending:
+                        yield flush()
                     yield edge_pb2.GenerateEvent(final=_final(item))
                     return
+                if not pending:
+                    pending_start = item.start
                 ids.extend(item.ids)
-                text = self.agent.model.detokenize(ids) or ""
-                piece = text[len(text_so_far) :] if text.startswith(text_so_far) else text
-                text_so_far = text
-                yield edge_pb2.GenerateEvent(
-                    piece=edge_pb2.TextPiece(text=piece, ids=item.ids, start=item.start)
-                )
+                pending = pending + list(item.ids)
+                # Coalesce tokens that come faster than the app could show them: one message
+                # per interval instead of one per token (a gRPC message costs ~0.2 ms).
+                if time.monotonic() - last_sent >= interval_s:
+                    yield flush()
         except InputError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except TandemError as exc:

@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level)
+    from tandem.logs import configure
+
+    configure("text")  # extra={...} fields (request ids, reasons) appear on every line
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

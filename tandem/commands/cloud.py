@@ -61,8 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from tandem.cloud.config import load_cloud_config
-    from tandem.cloud.logs import configure
     from tandem.cloud.server import create_server
+    from tandem.logs import configure
 
     config = load_cloud_config(
         args.config,

@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run_p.add_argument("--tcp", default=None, help="override: loopback host:port of the local API")
     run_p.add_argument("--cloud", default=None, help="override: cloud address(es), comma-separated")
     run_p.add_argument("--bundle", default=None, help="override: model bundle")
+    run_p.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="one event per line"
+    )
     run_p.set_defaults(func=run)
 
 
@@ -30,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
     from tandem.edge.agent import Agent
     from tandem.edge.config import load_edge_config, validate
     from tandem.edge.server import create_edge_server
+    from tandem.logs import configure
 
+    configure(args.log_format, logging.INFO)
     config = load_edge_config(args.config)
     overrides = {}
     if args.socket is not None:

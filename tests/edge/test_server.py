@@ -104,3 +104,32 @@ def test_ask_command_talks_to_the_agent(served):
     expected = agent.model.generate("w10 w11 w12", target="fr").text
     assert out.stdout.decode().strip() == expected.strip()
     assert "[local (offline)" in out.stderr.decode()
+
+
+def test_edge_run_daemon_answers_and_exits_0_on_sigterm(tmp_path, text_bundle):
+    import signal
+    import time
+
+    sock = tmp_path / "daemon.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tandem", "edge", "run", "--bundle", str(text_bundle),
+         "--socket", str(sock), "--cloud", "127.0.0.1:1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        with EdgeClient(str(sock)) as client:
+            answer = client.ask("w10 w11 w12", target="fr")
+        assert answer.route == "local" and answer.ids
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        out, err = proc.communicate()
+        assert b"draining" in out
+        assert b"request_id=" in err  # structured log fields are visible
+    finally:
+        if proc.poll() is None:
+            proc.kill()

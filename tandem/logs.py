@@ -1,4 +1,4 @@
-"""Log formatting for the service: one event per line, with its structured fields.
+"""Log formatting for every daemon: one event per line, with its structured fields.
 
 Modules log ``log.info("decode eos", extra={"request_id": rid, "tokens": 12})``; these
 formatters make the ``extra`` fields visible — as ``key=value`` pairs after the message

@@ -160,66 +160,87 @@ def run_demo(
         port = _free_port()
         cloud = CloudProcess(path, port, tmp_dir / "cloud.log")
         say(f"starting the cloud decoder service on 127.0.0.1:{port}")
-        cloud.start()
-        config = validate(
-            EdgeConfig(
-                bundle=str(path),
-                socket=str(tmp_dir / "edge.sock"),
-                device_speed_factor=DEMO_DEVICE_SPEED_FACTOR,
-                # The link is loopback: a LAN-class uplink prior instead of the cellular
-                # default, so the first requests are not priced as if on 1 Mbit/s; the agent
-                # replaces the prior with measured uploads from the first cloud call on.
-                policy=PolicyConfig(
-                    policy="cost_model",
-                    estimators=EstimatorConfig(prior_uplink_bps=50e6, prior_rtt_ms=5.0),
-                ),
-                cloud=CloudSettings(
-                    addresses=(f"127.0.0.1:{port}",),
-                    ping_interval_s=0.5,
-                    first_token_timeout_s=1.0,
-                    deadline_s=5.0,
-                    breaker=BreakerSettings(failure_threshold=2, reset_timeout_s=1.0),
-                ),
-            )
-        )
-        agent = Agent(config, model=reference)
-        server, where = create_edge_server(agent)
-        say(
-            f"edge agent listening on {where['socket']}; the device is priced "
-            f"{DEMO_DEVICE_SPEED_FACTOR:g}x slower than the server"
-        )
-        kill_at = requests // 3
-        restart_at = (2 * requests) // 3
         try:
-            with EdgeClient(where["socket"], timeout_s=60.0) as client:
-                for index, (text, target) in enumerate(inputs):
-                    phase = "cloud up" if index < kill_at else "cloud down"
-                    if index >= restart_at:
-                        phase = "cloud back"
-                    if index == restart_at:
-                        say("restarting the cloud service")
-                        cloud.start()
-                        time.sleep(1.5)  # let the pings and the breaker's probe notice
-                    record = DemoRecord(index, phase, text, target)
-                    killer = None
-                    if index == kill_at:
-                        say("killing the cloud service (SIGKILL) while this request streams")
-                        killer = _kill_on_first_piece(cloud, summary)
-                    _ask(client, reference, record, killer)
-                    summary.records.append(record)
-                    if record.answered:
-                        summary.answered += 1
-                        summary.local += record.route == "local"
-                        summary.cloud += record.route == "cloud"
-                        summary.fallbacks += bool(record.fallbacks)
-                    if not record.matches:
-                        summary.mismatches += 1
-                    if report:
-                        report(record)
+            summary = _run_with_cloud(
+                cloud, path, tmp_dir, port, reference, inputs, summary, say, report
+            )
         finally:
-            server.stop(grace=1.0)
-            agent.close()
-            cloud.stop()
+            cloud.stop()  # whatever failed, never leave the child service running
+    return summary
+
+
+def _run_with_cloud(
+    cloud: CloudProcess,
+    path: Path,
+    tmp_dir: Path,
+    port: int,
+    reference: Seq2Seq,
+    inputs: list[tuple[str, str | None]],
+    summary: DemoSummary,
+    say: Callable[[str], None],
+    report: Callable[[DemoRecord], None] | None,
+) -> DemoSummary:
+    """The demo proper; the caller stops the cloud child whatever happens here."""
+    requests = len(inputs)
+    cloud.start()
+    config = validate(
+        EdgeConfig(
+            bundle=str(path),
+            socket=str(tmp_dir / "edge.sock"),
+            device_speed_factor=DEMO_DEVICE_SPEED_FACTOR,
+            # The link is loopback: a LAN-class uplink prior instead of the cellular
+            # default, so the first requests are not priced as if on 1 Mbit/s; the agent
+            # replaces the prior with measured uploads from the first cloud call on.
+            policy=PolicyConfig(
+                policy="cost_model",
+                estimators=EstimatorConfig(prior_uplink_bps=50e6, prior_rtt_ms=5.0),
+            ),
+            cloud=CloudSettings(
+                addresses=(f"127.0.0.1:{port}",),
+                ping_interval_s=0.5,
+                first_token_timeout_s=1.0,
+                deadline_s=5.0,
+                breaker=BreakerSettings(failure_threshold=2, reset_timeout_s=1.0),
+            ),
+        )
+    )
+    agent = Agent(config, model=reference)
+    server, where = create_edge_server(agent)
+    say(
+        f"edge agent listening on {where['socket']}; the device is priced "
+        f"{DEMO_DEVICE_SPEED_FACTOR:g}x slower than the server"
+    )
+    kill_at = requests // 3
+    restart_at = (2 * requests) // 3
+    try:
+        with EdgeClient(where["socket"], timeout_s=60.0) as client:
+            for index, (text, target) in enumerate(inputs):
+                phase = "cloud up" if index < kill_at else "cloud down"
+                if index >= restart_at:
+                    phase = "cloud back"
+                if index == restart_at:
+                    say("restarting the cloud service")
+                    cloud.start()
+                    time.sleep(1.5)  # let the pings and the breaker's probe notice
+                record = DemoRecord(index, phase, text, target)
+                killer = None
+                if index == kill_at:
+                    say("killing the cloud service (SIGKILL) while this request streams")
+                    killer = _kill_on_first_piece(cloud, summary)
+                _ask(client, reference, record, killer)
+                summary.records.append(record)
+                if record.answered:
+                    summary.answered += 1
+                    summary.local += record.route == "local"
+                    summary.cloud += record.route == "cloud"
+                    summary.fallbacks += bool(record.fallbacks)
+                if not record.matches:
+                    summary.mismatches += 1
+                if report:
+                    report(record)
+    finally:
+        server.stop(grace=1.0)
+        agent.close()
     return summary
 
 

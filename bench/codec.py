@@ -27,25 +27,6 @@ from tandem.runtime.seq2seq import Seq2Seq  # noqa: E402
 from tools.verbalizer_data import heldout_set  # noqa: E402
 
 BARS = {"fp16": 0.999, "int8": 0.99}
-BATCH = 32
-
-
-def decode_all(model: Seq2Seq, hiddens: list, targets: list[str | None]) -> list[list[int]]:
-    """Greedy ids for each (hidden, target language), batched (equal to one by one)."""
-    out: list[list[int]] = []
-    for start in range(0, len(hiddens), BATCH):
-        batch = model.new_batch()
-        rows: dict[int, list[int]] = {}
-        for i in range(start, min(start + BATCH, len(hiddens))):
-            params = model.params(target=targets[i], max_new_tokens=200)
-            rows[i] = params.start_tokens()
-            for r in batch.add(i, hiddens[i], params):
-                rows[i].append(r.token)
-        while len(batch):
-            for r in batch.step():
-                rows[r.key].append(r.token)
-        out += [rows[i] for i in sorted(rows)]
-    return out
 
 
 def main() -> int:
@@ -57,9 +38,9 @@ def main() -> int:
     n = 200 if args.quick else args.n
     model = Seq2Seq.load(bundle_path(args.bundle))
     examples = heldout_set(n)
-    langs = [lang for _, lang, _ in examples]
+    params = [model.params(target=lang, max_new_tokens=200) for _, lang, _ in examples]
     hiddens = [model.encode(model.tokenize(src)) for src, _, _ in examples]
-    reference = decode_all(model, hiddens, langs)
+    reference = model.decode_many(list(zip(hiddens, params, strict=True)))
     fp32_bytes = None
     rows, result = [], {}
     for spec in codec.CODEC_SPECS:
@@ -73,7 +54,7 @@ def main() -> int:
             fp32_bytes = total_bytes
             ids = reference
         else:
-            ids = decode_all(model, restored, langs)
+            ids = model.decode_many(list(zip(restored, params, strict=True)))
         identical = sum(a == b for a, b in zip(ids, reference, strict=True)) / n
         ratio = total_bytes / fp32_bytes
         bar = BARS.get(kind.value)

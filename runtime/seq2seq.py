@@ -134,6 +134,25 @@ class Seq2Seq:
         ids = [*params.start_tokens(), *new]
         return Generation(ids=ids, text=self.detokenize(ids), finish=finish)
 
+    def decode_many(
+        self, items: list[tuple[np.ndarray, GenerationParams]], batch_size: int = 32
+    ) -> list[list[int]]:
+        """Greedy ids (start tokens included) for many (hidden, params) pairs, ``batch_size``
+        rows per ``DecodeBatch`` — equal to decoding each alone, far cheaper for evaluations."""
+        out: list[list[int]] = []
+        for start in range(0, len(items), batch_size):
+            batch = self.new_batch()
+            rows: dict[int, list[int]] = {}
+            for i, (hidden, params) in enumerate(items[start : start + batch_size]):
+                rows[i] = params.resolved(self.manifest).start_tokens()
+                for r in batch.add(i, hidden, params):
+                    rows[i].append(r.token)
+            while len(batch):
+                for r in batch.step():
+                    rows[r.key].append(r.token)
+            out += [rows[i] for i in range(len(rows))]
+        return out
+
     def detokenize(self, ids: list[int]) -> str | None:
         return self.tokenizer.decode(ids) if self.tokenizer is not None else None
 

@@ -226,7 +226,7 @@ def _run_with_cloud(
                 killer = None
                 if index == kill_at:
                     say("killing the cloud service (SIGKILL) while this request streams")
-                    killer = _kill_on_first_piece(cloud, summary)
+                    killer = _Killer(cloud, summary)
                 _ask(client, reference, record, killer)
                 summary.records.append(record)
                 if record.answered:
@@ -245,6 +245,8 @@ def _run_with_cloud(
 
 
 class _Killer:
+    """Kills the cloud child once, when the first piece of the chosen request arrives."""
+
     def __init__(self, cloud: CloudProcess, summary: DemoSummary) -> None:
         self.cloud, self.summary, self.done = cloud, summary, False
 
@@ -253,10 +255,6 @@ class _Killer:
             self.done = True
             self.cloud.kill()
             self.summary.cloud_kills += 1
-
-
-def _kill_on_first_piece(cloud: CloudProcess, summary: DemoSummary) -> _Killer:
-    return _Killer(cloud, summary)
 
 
 def _ask(client: EdgeClient, reference: Seq2Seq, record: DemoRecord, killer) -> None:

@@ -24,8 +24,6 @@ from tandem.defaults import bundle_path  # noqa: E402
 from tandem.runtime.seq2seq import Seq2Seq  # noqa: E402
 from tools.verbalizer_data import LANGUAGES, heldout_set  # noqa: E402
 
-BATCH = 32
-
 
 @dataclass
 class Score:
@@ -39,28 +37,20 @@ class Score:
 
 
 def evaluate(model: Seq2Seq, examples: list[tuple[str, str, str]]) -> dict[str, Score]:
-    """Greedy-decode every example in batches of ``BATCH`` rows; score exact text match."""
+    """Greedy-decode every example (batched, equal to one by one); score exact text match."""
     scores = {lang: Score() for lang in LANGUAGES}
-    for start in range(0, len(examples), BATCH):
-        chunk = examples[start : start + BATCH]
-        batch = model.new_batch()
-        tokens: dict[int, list[int]] = {}
-        for i, (source, lang, _target) in enumerate(chunk):
-            params = model.params(target=lang, max_new_tokens=200)
-            tokens[i] = params.start_tokens()
-            for r in batch.add(i, model.encode(model.tokenize(source)), params):
-                tokens[i].append(r.token)
-        while len(batch):
-            for r in batch.step():
-                tokens[r.key].append(r.token)
-        for i, (source, lang, target) in enumerate(chunk):
-            output = model.detokenize(tokens[i])
-            score = scores[lang]
-            score.n += 1
-            if output == target:
-                score.correct += 1
-            else:
-                score.misses.append((source, lang, output, target))
+    items = [
+        (model.encode(model.tokenize(source)), model.params(target=lang, max_new_tokens=200))
+        for source, lang, _target in examples
+    ]
+    for (source, lang, target), ids in zip(examples, model.decode_many(items), strict=True):
+        output = model.detokenize(ids)
+        score = scores[lang]
+        score.n += 1
+        if output == target:
+            score.correct += 1
+        else:
+            score.misses.append((source, lang, output, target))
     return scores
 
 

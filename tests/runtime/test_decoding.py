@@ -128,3 +128,10 @@ def test_forced_first_token_needs_room_for_one_more(model):
         model.decode(hidden, GenerationParams(max_new_tokens=1, forced_first_token=42))
     out = model.decode(hidden, GenerationParams(max_new_tokens=2, forced_first_token=42))
     assert len(out.ids) == 2 and out.ids[0] == 42
+
+
+def test_decode_many_equals_one_by_one(model):
+    sources = _sources(7, seed=11)
+    items = [(model.encode(s), GenerationParams(max_new_tokens=25)) for s in sources]
+    expected = [model.decode(h, p).ids for h, p in items]
+    assert model.decode_many(items, batch_size=3) == expected

@@ -16,7 +16,18 @@ import sys
 from tandem.errors import TandemError
 
 # Order is the order shown by ``tandem --help``.
-COMMANDS = ("generate", "export", "profile", "sim", "cloud", "edge", "ask", "demo")
+COMMANDS = (
+    "generate",
+    "export",
+    "profile",
+    "sim",
+    "emulate",
+    "chaos",
+    "cloud",
+    "edge",
+    "ask",
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,11 +10,6 @@ compared with a local reference decode of the same input.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,15 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tandem.defaults import bundle_path
 from tandem.edge.agent import Agent
 from tandem.edge.client import EdgeClient
 from tandem.edge.config import BreakerSettings, CloudSettings, EdgeConfig, validate
 from tandem.edge.server import create_edge_server
+from tandem.emulate.processes import CloudProcess, free_port
 from tandem.errors import TandemError
 from tandem.policy import EstimatorConfig, PolicyConfig
 from tandem.runtime.seq2seq import Seq2Seq
@@ -93,55 +87,6 @@ def sample_inputs(n: int, languages: list[str], seed: int = 0) -> list[tuple[str
     return inputs
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class CloudProcess:
-    """``tandem cloud serve`` as a real child process, so it can really be killed."""
-
-    def __init__(self, bundle: Path, port: int, log_path: Path) -> None:
-        self.bundle, self.port, self.log_path = bundle, port, log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 60.0) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it until it exits
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tandem", "cloud", "serve", "--bundle", str(self.bundle),
-             "--listen", f"127.0.0.1:{self.port}"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise TandemError(f"cloud service exited at start; see {self.log_path}")
-                try:
-                    reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        raise TandemError(f"cloud service did not become healthy in {timeout_s:.0f} s")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 def run_demo(
     requests: int = 24,
     bundle: str | None = None,
@@ -157,7 +102,7 @@ def run_demo(
     summary = DemoSummary(requests=requests)
     with tempfile.TemporaryDirectory(prefix="tandem-demo-") as tmp:
         tmp_dir = Path(tmp)
-        port = _free_port()
+        port = free_port()
         cloud = CloudProcess(path, port, tmp_dir / "cloud.log")
         say(f"starting the cloud decoder service on 127.0.0.1:{port}")
         try:

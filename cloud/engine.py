@@ -156,14 +156,23 @@ class Engine:
         failed: list[tuple[int, str]] = []
         for seq in plan.admit:
             self._metrics.queue_seconds.labels(self.name).observe(started - seq.arrived_s)
-            try:
-                results += self._batch.add(seq.key, seq.job.hidden, seq.job.params)
-            except Exception as exc:
-                log.exception(
-                    "model failed on join",
-                    extra={"request_id": seq.job.request_id, "model": self.name},
-                )
-                failed.append((seq.key, f"{type(exc).__name__} while joining the batch"))
+        try:
+            # All joiners in one cache-init run and one prefill run per prefix length.
+            results += self._batch.add_many(
+                [(seq.key, seq.job.hidden, seq.job.params) for seq in plan.admit]
+            )
+        except Exception:
+            # add_many changes nothing when it raises: join one by one to find the culprit,
+            # so one bad sequence never fails the others that arrived with it.
+            for seq in plan.admit:
+                try:
+                    results += self._batch.add(seq.key, seq.job.hidden, seq.job.params)
+                except Exception as exc:
+                    log.exception(
+                        "model failed on join",
+                        extra={"request_id": seq.job.request_id, "model": self.name},
+                    )
+                    failed.append((seq.key, f"{type(exc).__name__} while joining the batch"))
         rows = len(self._batch)
         if rows:
             try:

@@ -13,6 +13,7 @@ import logging
 import queue
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 
 import grpc
 
@@ -26,6 +27,7 @@ from tandem.cloud.auth import (
 from tandem.cloud.engine import Engine, ModelFailure, Stream
 from tandem.cloud.limits import ClientLimiter
 from tandem.cloud.metrics import Metrics
+from tandem.cloud.scheduler import Update
 from tandem.cloud.validation import (
     ACCEPTED_CODECS,
     ACCEPTED_COMPRESSIONS,
@@ -70,6 +72,9 @@ _NO_DEADLINE_S = 1e6
 _POLL_S = 1.0
 """How often a waiting handler checks that its client is still there (cancellation normally
 wakes it at once through the RPC's termination callback)."""
+
+_Event = Update | ModelFailure | None
+"""What a ``Stream`` carries (see ``Stream``)."""
 
 
 def status_code(exc: BaseException) -> grpc.StatusCode:
@@ -178,14 +183,19 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         outcome: dict,
     ) -> Iterator[decoder_pb2.DecodeEvent]:
         """Engine updates -> DecodeEvents, as they come; returns when the stream ends."""
+        carry: _Event = None
         while True:
-            try:
-                item = stream.events.get(timeout=_POLL_S)
-            except queue.Empty:
-                if not context.is_active():
-                    engine.cancel(stream)
-                    return
-                continue
+            if carry is not None:
+                item, carry = carry, None
+            else:
+                try:
+                    item = stream.events.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if not context.is_active():
+                        engine.cancel(stream)
+                        return
+                    continue
+            item, carry = _coalesce(item, stream)
             if item is None:
                 return  # cancelled: the client is gone, nobody to send to
             if isinstance(item, ModelFailure):
@@ -266,6 +276,32 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
             trailers += [(RETRY_AFTER_KEY, retry_ms), (PUSHBACK_KEY, retry_ms)]
         context.set_trailing_metadata(trailers)
         context.abort(code, message)
+
+
+def _coalesce(item: _Event, stream: Stream) -> tuple[_Event, _Event]:
+    """``item`` merged with the token updates already waiting behind it, to go as one message;
+    and the first waiting event that could not be merged (a failure or cancellation), if any.
+
+    Why: with many streams in one batch, the engine produces a token per stream per step faster
+    than the handler threads can send a message each; every message costs the server (and the
+    client) a fixed amount of Python and HTTP/2 work, which then dominates the step itself.
+    A handler that falls behind sends what piled up in one ``TokenChunk``; one that keeps up
+    still sends every token as soon as it exists. Updates of one stream are contiguous by
+    construction (``start`` of the next = ``start + len(tokens)`` of this one).
+    """
+    if not isinstance(item, Update) or item.finish is not None:
+        return item, None
+    tokens = list(item.tokens)
+    while True:
+        try:
+            following = stream.events.get_nowait()
+        except queue.Empty:
+            return replace(item, tokens=tuple(tokens)), None
+        if not isinstance(following, Update):
+            return replace(item, tokens=tuple(tokens)), following  # tokens first, then the end
+        tokens += following.tokens
+        if following.finish is not None:
+            return replace(following, start=item.start, tokens=tuple(tokens)), None
 
 
 def _model_info(model: ServedModel) -> decoder_pb2.ModelInfo:

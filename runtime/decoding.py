@@ -14,7 +14,7 @@ decoder returns the caches grown by one slot, which become the next step's past 
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -150,9 +150,89 @@ class DecodeBatch:
         but the first new token is (with ``finish`` set if it ends the sequence), so callers
         stream it at once. A sequence that finishes here never occupies a batch row.
         """
-        if any(r.key == key for r in self._rows):
-            raise ValueError(f"sequence {key!r} is already in the batch")
-        params = params.resolved(self._manifest)
+        return self.add_many([(key, hidden, params)])
+
+    def add_many(
+        self, joins: Sequence[tuple[Hashable, np.ndarray, GenerationParams]]
+    ) -> list[StepResult]:
+        """Join several sequences at once, as ``add`` does for one, in as few runs as possible.
+
+        Why: a server admitting 16 requests used to pay 16 cache-init runs and 16 prefill runs,
+        one row each, before the first batched step; a join cost as much as a whole step of
+        the batch. Here all joiners share one cache-init run (sources padded to the longest,
+        the padding masked out of cross-attention) and one prefill run per distinct prefix
+        length, so a burst of arrivals costs about two runs. Results are those of ``add``
+        called once per sequence, in order. Everything is validated before any model run, so
+        a bad join raises ``InputError`` and leaves the batch as it was.
+        """
+        if not joins:
+            return []
+        rows, hiddens = [], []
+        keys = {r.key for r in self._rows}
+        for key, hidden, params in joins:
+            if key in keys:
+                raise ValueError(f"sequence {key!r} is already in the batch")
+            keys.add(key)
+            params = params.resolved(self._manifest)
+            hiddens.append(self._check_hidden(hidden))
+            eos = (
+                params.eos_token_id
+                if params.eos_token_id is not None
+                else self._manifest.tokens.eos
+            )
+            rows.append(_Row(key=key, params=params, eos=eos, tokens=params.start_tokens()))
+        src_lens = [h.shape[0] for h in hiddens]
+        width = max(src_lens)
+        padded = np.zeros((len(rows), width, hiddens[0].shape[1]), dtype=np.float32)
+        for i, h in enumerate(hiddens):
+            padded[i, : h.shape[0]] = h
+        encoder_mask = (np.arange(width)[None, :] < np.array(src_lens)[:, None]).astype(np.int64)
+        cross = self._cache_init.run(self._cross_names, {"hidden_states": padded})
+
+        # Rows with the same number of start tokens prefill together (no masking of new
+        # tokens exists in the decoder's inputs, so lengths within one run must match).
+        groups: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(len(row.tokens), []).append(i)
+        results: list[StepResult | None] = [None] * len(rows)
+        merges = []
+        dims = self._manifest.dims
+        for length, members in groups.items():
+            idx = np.array(members)
+            feed_tokens = [[self._manifest.tokens.decoder_start, *rows[i].tokens] for i in members]
+            empty = np.zeros((len(members), dims.num_heads, 0, dims.head_dim), dtype=np.float32)
+            feeds = {
+                "input_ids": np.array(feed_tokens, dtype=np.int64),
+                "position_ids": np.tile(np.arange(length + 1, dtype=np.int64), (len(members), 1)),
+                "self_mask": np.zeros((len(members), 0), dtype=np.int64),
+                "encoder_mask": encoder_mask[idx],
+            }
+            feeds.update({name: empty for name in self._past_names})
+            group_cross = [c[idx] for c in cross] if len(members) < len(rows) else cross
+            feeds.update(zip(self._cross_names, group_cross, strict=True))
+            logits, *present = self._decoder.run(self._outputs, feeds)
+            stay = []
+            for j, i in enumerate(members):
+                row = rows[i]
+                row.next_position = length + 1
+                results[i] = self._choose(row, logits[j])
+                if results[i].finish is None:
+                    stay.append(j)
+            if stay:
+                keep = np.array(stay)
+                merges.append(
+                    (
+                        [rows[members[j]] for j in stay],
+                        [p[keep] for p in present],
+                        [c[keep] for c in group_cross],
+                        encoder_mask[idx[keep]],
+                    )
+                )
+        for merge in merges:  # only once every run succeeded: a failure changes nothing
+            self._merge(*merge)
+        return [r for r in results if r is not None]
+
+    def _check_hidden(self, hidden: np.ndarray) -> np.ndarray:
         dims = self._manifest.dims
         if hidden.ndim != 2 or hidden.shape[1] != dims.hidden_size or hidden.shape[0] < 1:
             raise InputError(
@@ -164,37 +244,28 @@ class DecodeBatch:
                 f"source has {hidden.shape[0]} positions; the model allows at most "
                 f"{dims.max_source_length}"
             )
-        hidden = np.ascontiguousarray(hidden[None], dtype=np.float32)  # (1, S, D)
-        cross = self._cache_init.run(self._cross_names, {"hidden_states": hidden})
-        src_len = hidden.shape[1]
-        eos = params.eos_token_id if params.eos_token_id is not None else self._manifest.tokens.eos
-        row = _Row(key=key, params=params, eos=eos, tokens=params.start_tokens())
-        feed_tokens = [self._manifest.tokens.decoder_start, *row.tokens]
-        empty = np.zeros((1, dims.num_heads, 0, dims.head_dim), dtype=np.float32)
-        feeds = {
-            "input_ids": np.array([feed_tokens], dtype=np.int64),
-            "position_ids": np.arange(len(feed_tokens), dtype=np.int64)[None],
-            "self_mask": np.zeros((1, 0), dtype=np.int64),
-            "encoder_mask": np.ones((1, src_len), dtype=np.int64),
-        }
-        feeds.update({name: empty for name in self._past_names})
-        feeds.update(zip(self._cross_names, cross, strict=True))
-        logits, *present = self._decoder.run(self._outputs, feeds)
-        row.next_position = len(feed_tokens)
-        result = self._choose(row, logits[0])
-        if result.finish is not None:
-            return [result]
-        self._merge(row, present, cross, src_len)
-        return [result]
+        return np.asarray(hidden, dtype=np.float32)
 
-    def _merge(self, row: _Row, present: list[np.ndarray], cross: list, src_len: int) -> None:
+    def _merge(
+        self,
+        rows: list[_Row],
+        present: list[np.ndarray],
+        cross: list[np.ndarray],
+        encoder_mask: np.ndarray,
+    ) -> None:
+        """Append ``rows`` (their caches all hold the same number of slots) to the batch."""
         new_p = present[0].shape[2]
+        # Joiners' cross caches are padded to the longest joiner; trim to what they use.
+        src_width = int(encoder_mask.any(axis=0).nonzero()[0].max()) + 1
+        cross = [c[:, :, :src_width] for c in cross]
+        encoder_mask = encoder_mask[:, :src_width]
+        new_mask = np.ones((len(rows), new_p), dtype=np.int64)
         if not self._rows:
-            self._past = list(present)
-            self._cross = list(cross)
-            self._self_mask = np.ones((1, new_p), dtype=np.int64)
-            self._encoder_mask = np.ones((1, src_len), dtype=np.int64)
-            self._rows = [row]
+            self._past = [np.ascontiguousarray(p) for p in present]
+            self._cross = [np.ascontiguousarray(c) for c in cross]
+            self._self_mask = new_mask
+            self._encoder_mask = np.ascontiguousarray(encoder_mask)
+            self._rows = list(rows)
             return
         cur_p = self._self_mask.shape[1]
         width = max(cur_p, new_p)
@@ -205,26 +276,21 @@ class DecodeBatch:
             )
             for old, new in zip(self._past, present, strict=True)
         ]
-        new_mask = np.ones((1, new_p), dtype=np.int64)
         self._self_mask = np.concatenate(
             [
                 _pad_axis(self._self_mask, 1, width, left=True),
                 _pad_axis(new_mask, 1, width, left=True),
             ]
         )
-        cur_s = self._encoder_mask.shape[1]
-        s_width = max(cur_s, src_len)
+        s_width = max(self._encoder_mask.shape[1], src_width)
         self._cross = [
             np.concatenate([_pad_axis(old, 2, s_width), _pad_axis(new, 2, s_width)])
             for old, new in zip(self._cross, cross, strict=True)
         ]
         self._encoder_mask = np.concatenate(
-            [
-                _pad_axis(self._encoder_mask, 1, s_width),
-                _pad_axis(np.ones((1, src_len), dtype=np.int64), 1, s_width),
-            ]
+            [_pad_axis(self._encoder_mask, 1, s_width), _pad_axis(encoder_mask, 1, s_width)]
         )
-        self._rows.append(row)
+        self._rows.extend(rows)
 
     # -- leaving -----------------------------------------------------------------------------
 

@@ -58,6 +58,54 @@ def test_batched_equals_one_by_one_with_joins_and_leaves(model):
     assert [got[i] for i in range(len(sources))] == expected
 
 
+def test_joining_many_at_once_equals_one_by_one(model):
+    """``add_many``: bursts of joiners with mixed source and prefix lengths, some finishing on
+    their first token, joining a batch already under way, give the tokens of lone decoding."""
+    sources = _sources(14, seed=11)
+    rng = np.random.default_rng(12)
+    params = [
+        GenerationParams(
+            max_new_tokens=1 if i % 5 == 4 else int(rng.integers(3, 30)),
+            min_new_tokens=int(rng.integers(0, 2)),
+            prefix=() if i % 5 == 4 else tuple(int(t) for t in rng.integers(3, 90, size=i % 3)),
+        )
+        for i in range(len(sources))
+    ]
+    expected = [
+        model.decode(model.encode(src), p).ids[len(p.prefix) :]
+        for src, p in zip(sources, params, strict=True)
+    ]
+    batch = model.new_batch()
+    got: dict[int, list[int]] = {i: [] for i in range(len(sources))}
+    bursts = [range(0, 6), range(6, 7), range(7, 14)]
+    for burst in bursts:
+        joins = [(i, model.encode(sources[i]), params[i]) for i in burst]
+        for r in batch.add_many(joins):
+            got[r.key].append(r.token)
+        for _ in range(3):
+            for r in batch.step():
+                got[r.key].append(r.token)
+    while len(batch):
+        for r in batch.step():
+            got[r.key].append(r.token)
+    assert [got[i] for i in range(len(sources))] == expected
+    assert len({len(p.prefix) for p in params}) == 3  # the prefill really ran in groups
+
+
+def test_a_bad_join_in_a_burst_leaves_the_batch_unchanged(model):
+    src = model.encode(_sources(1, seed=13)[0])
+    batch = model.new_batch()
+    batch.add("a", src, GenerationParams(max_new_tokens=10))
+    with pytest.raises(InputError, match="hidden states must have shape"):
+        batch.add_many(
+            [("b", src, GenerationParams(max_new_tokens=10)), ("c", src[:, :3], GenerationParams())]
+        )
+    assert batch.keys == ["a"]
+    with pytest.raises(ValueError, match="already in the batch"):
+        batch.add_many([("d", src, GenerationParams()), ("d", src, GenerationParams())])
+    assert batch.keys == ["a"]
+
+
 def test_removing_a_row_leaves_the_others_intact(model):
     sources = _sources(3, seed=5)
     params = GenerationParams(max_new_tokens=30, min_new_tokens=30)

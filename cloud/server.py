@@ -33,6 +33,7 @@ from tandem.cloud.servicer import DecoderServicer
 from tandem.cloud.validation import ServedModel
 from tandem.defaults import bundle_path
 from tandem.errors import ConfigError
+from tandem.rpc import add_service
 from tandem.runtime.seq2seq import Seq2Seq
 from tandem.v1 import decoder_pb2, decoder_pb2_grpc
 
@@ -213,7 +214,12 @@ def create_server(
         options=_options(config, max_message),
         maximum_concurrent_rpcs=workers,
     )
-    decoder_pb2_grpc.add_DecoderServicer_to_server(servicer, server)
+    add_service(
+        server,
+        decoder_pb2_grpc.add_DecoderServicer_to_server,
+        servicer,
+        {"Decode": decoder_pb2.DecodeRequest, "ListModels": decoder_pb2.ListModelsRequest},
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
         names = (

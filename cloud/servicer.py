@@ -36,6 +36,7 @@ from tandem.cloud.validation import (
     validate_request,
 )
 from tandem.errors import CodecError, FingerprintMismatch, InputError, Overloaded
+from tandem.rpc import Undecodable
 from tandem.v1 import decoder_pb2, decoder_pb2_grpc
 from tandem.wire import codec_to_proto, compression_to_proto
 
@@ -118,7 +119,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         if remaining is None or remaining > _NO_DEADLINE_S:
             remaining = self._default_deadline_s
         deadline = arrived + remaining
-        request_id = request.request_id[:128]
+        request_id = "" if isinstance(request, Undecodable) else request.request_id[:128]
         outcome: dict = {"model": None, "client": None, "reason": None, "tokens": 0}
         error: BaseException | None = None
         try:
@@ -158,6 +159,8 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         arrived: float,
         outcome: dict,
     ) -> Iterator[decoder_pb2.DecodeEvent]:
+        if isinstance(request, Undecodable):
+            raise InputError(request.describe())
         principal = self._authenticate(context)
         outcome["client"] = principal.client
         served = find_model(request.model_fingerprint, self._served)
@@ -226,6 +229,8 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         self, request: decoder_pb2.ListModelsRequest, context: grpc.ServicerContext
     ) -> decoder_pb2.ListModelsResponse:
         try:
+            if isinstance(request, Undecodable):
+                raise InputError(request.describe())
             principal = self._authenticate(context)
         except Exception as exc:
             self._abort(context, "ListModels", exc, {})

@@ -2,14 +2,18 @@
 
 Invariant: every request ends either in a well-formed stream (contiguous chunks, one final,
 token_count consistent) or in INVALID_ARGUMENT / FAILED_PRECONDITION — the client's fault,
-named — and the replica keeps serving.
+named — and the replica keeps serving. Two input spaces: structured requests (every field
+arbitrary, alone and in combination) and raw bytes as the serialized request (arbitrary, or a
+valid request with bytes flipped, cut or inserted), which reach gRPC's parser first.
 """
 
 from __future__ import annotations
 
 import grpc
 import numpy as np
+import pytest
 from cloud_helpers import collect, request, stub
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -156,3 +160,65 @@ def test_arbitrary_requests_never_yield_internal(shared_server, model):
     assert final.token_count == len(ids)
     load = next(iter(shared_server.engines.values())).load
     assert load == (0, 0)
+
+
+# -- raw bytes: what gRPC hands the server before any field exists -----------------------------
+
+
+@st.composite
+def mutated(draw, valid: st.SearchStrategy) -> bytes:
+    """A serialized valid-looking message with a few bytes flipped, cut, or inserted: close
+    enough to the format that the parser gets deep before it fails (or, sometimes, succeeds)."""
+    data = bytearray(draw(valid).SerializeToString())
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data)))
+        op = draw(st.sampled_from(["flip", "cut", "insert"]))
+        if op == "flip" and at < len(data):
+            data[at] ^= draw(st.integers(1, 255))
+        elif op == "cut":
+            del data[at : at + draw(st.integers(1, 16))]
+        else:
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+    return bytes(data)
+
+
+def raw_decode(server):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    return channel.unary_stream("/tandem.v1.Decoder/Decode")  # bytes in, bytes out
+
+
+def test_raw_bytes_never_yield_internal(shared_server, model):
+    """Invariant: any bytes as the serialized DecodeRequest end in INVALID_ARGUMENT or
+    FAILED_PRECONDITION (or in a stream, when the bytes happen to parse into a valid request).
+    gRPC's own parser used to answer INTERNAL here (see ``tandem.rpc``)."""
+    decode = raw_decode(shared_server)
+    list_models = grpc.insecure_channel(f"127.0.0.1:{shared_server.port}").unary_unary(
+        "/tandem.v1.Decoder/ListModels"
+    )
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.one_of(st.binary(max_size=400), mutated(decode_requests(model))))
+    def check(data):
+        try:
+            for chunk in decode(data, timeout=20):
+                decoder_pb2.DecodeEvent.FromString(chunk)  # well-formed replies only
+        except grpc.RpcError as exc:
+            assert exc.code() in ALLOWED, (exc.code(), exc.details())
+            assert exc.details()
+        try:
+            decoder_pb2.ListModelsResponse.FromString(list_models(data[:64], timeout=5))
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (exc.code(), exc.details())
+
+    check()
+    with pytest.raises(grpc.RpcError) as info:
+        list(decode(b"\xff\xff\xff", timeout=5))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid tandem.v1.DecodeRequest" in info.value.details()
+    # Still healthy and still right: a valid request after the storm decodes as before.
+    ids, final = collect(stub(shared_server), request(model, [5, 6, 1], max_new_tokens=4))
+    assert final.token_count == len(ids)
+    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{shared_server.port}"))
+    reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert next(iter(shared_server.engines.values())).load == (0, 0)

@@ -1,0 +1,89 @@
+"""Service registration whose request parsing never ends as INTERNAL.
+
+gRPC Python parses a request before any handler runs; bytes that are not a valid message (a
+truncated frame, a bad varint, invalid UTF-8 in a string field) make the library answer
+``INTERNAL: Exception deserializing request!`` — a status that says "the server is broken"
+for what is the caller's fault, and one the cloud's clients are told may be retried. Found by
+fuzzing both services with raw bytes (``tests/cloud/test_fuzz.py``, ``tests/edge/test_fuzz.py``).
+
+``add_service`` registers a servicer through its generated ``add_*Servicer_to_server``
+function, but with a parser that turns undecodable bytes into an ``Undecodable`` value instead
+of raising. Handlers check for it first and answer INVALID_ARGUMENT through their own error
+mapping, so the status tables stay in the servicers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A request whose bytes do not parse as ``message_type``."""
+
+    message_type: str
+    error: str
+
+    def describe(self) -> str:
+        return f"request is not a valid {self.message_type} message ({self.error})"
+
+
+def _parser(message_class: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    name = message_class.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Message | Undecodable:
+        try:
+            return message_class.FromString(data)
+        except (DecodeError, ValueError, TypeError) as exc:  # upb raises DecodeError
+            return Undecodable(name, str(exc) or type(exc).__name__)
+
+    return parse
+
+
+class _Capture:
+    """Stands in for the server while a generated registration function runs."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass  # rebuilt from the registered handlers below
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+def add_service(
+    server: grpc.Server,
+    add_to_server: Callable[[Any, Any], None],
+    servicer: Any,
+    messages: dict[str, type[Message]],
+) -> None:
+    """``add_to_server(servicer, server)``, with ``messages[method]`` parsed leniently.
+
+    ``messages`` maps each method name to its request message class; a handler of those
+    methods receives either the parsed message or an ``Undecodable``.
+    """
+    capture = _Capture()
+    add_to_server(servicer, capture)
+    handlers = {}
+    for method, handler in capture.handlers.items():
+        if method in messages:
+            handler = handler._replace(request_deserializer=_parser(messages[method]))
+        handlers[method] = handler
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(capture.service, handlers),)
+    )
+    server.add_registered_method_handlers(capture.service, handlers)
+
+
+__all__ = ["Undecodable", "add_service"]

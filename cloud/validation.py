@@ -24,12 +24,9 @@ from tandem.runtime.codec import Codec, Compression, payload_bytes
 from tandem.runtime.decoding import GenerationParams
 from tandem.runtime.manifest import Manifest
 from tandem.v1 import decoder_pb2
-from tandem.wire import decode_tensor
+from tandem.wire import check_request_id, decode_tensor
 
 log = logging.getLogger(__name__)
-
-MAX_REQUEST_ID_CHARS = 128
-"""decoder.proto: request_id is non-empty and at most 128 characters."""
 
 ACCEPTED_CODECS = tuple(Codec)
 ACCEPTED_COMPRESSIONS = tuple(Compression)
@@ -95,19 +92,6 @@ class Job:
     def complete(self) -> bool:
         """The prefix already fills max_new_tokens: the answer needs no decoding step."""
         return len(self.params.prefix) >= self.params.max_new_tokens
-
-
-def check_request_id(request_id: str) -> str:
-    """The request id, checked first so every later log line and error can carry it."""
-    if not request_id:
-        raise InputError("request_id is empty; set a unique id (a UUID) per request")
-    if len(request_id) > MAX_REQUEST_ID_CHARS:
-        raise InputError(
-            f"request_id has {len(request_id)} characters; at most {MAX_REQUEST_ID_CHARS} allowed"
-        )
-    if not request_id.isprintable():
-        raise InputError("request_id contains control characters")  # they would forge log lines
-    return request_id
 
 
 def find_model(fingerprint: str, served: Mapping[str, ServedModel]) -> ServedModel:

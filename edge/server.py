@@ -20,7 +20,9 @@ import grpc
 
 from tandem.edge.agent import Agent, Outcome, Request
 from tandem.errors import ConfigError, InputError, TandemError
+from tandem.rpc import Undecodable, add_service
 from tandem.v1 import decoder_pb2, edge_pb2, edge_pb2_grpc
+from tandem.wire import check_request_id
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +78,13 @@ class EdgeServicer(edge_pb2_grpc.EdgeServicer):
             log.warning("request failed", extra={"error": str(exc)})
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 
-    def _validate(self, request: edge_pb2.GenerateRequest, context) -> Request:
+    def _validate(self, request: edge_pb2.GenerateRequest | Undecodable, context) -> Request:
+        if isinstance(request, Undecodable):
+            raise InputError(request.describe())
         if not request.text.strip():
             raise InputError("text: must not be empty")
+        if request.request_id:  # empty: the agent assigns one
+            check_request_id(request.request_id)  # the cloud's rule: it is forwarded there
         languages = self.agent.model.manifest.languages
         target = request.target_language or None
         if target is not None and target not in languages:
@@ -169,7 +175,12 @@ def create_edge_server(agent: Agent, max_workers: int = 16) -> tuple[grpc.Server
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="edge"),
         options=[("grpc.max_receive_message_length", 4 * config.max_text_chars + 1024)],
     )
-    edge_pb2_grpc.add_EdgeServicer_to_server(EdgeServicer(agent), server)
+    add_service(
+        server,
+        edge_pb2_grpc.add_EdgeServicer_to_server,
+        EdgeServicer(agent),
+        {"Generate": edge_pb2.GenerateRequest},
+    )
     where: dict = {}
     if config.socket:
         sock = prepare_socket(config.socket)

@@ -5,7 +5,9 @@ module is the one place that knows both. ``from_proto`` is the cloud's entry poi
 untrusted hidden states: unknown or UNSPECIFIED enum numbers become ``CodecError`` naming the
 field, and ``codec.decode`` checks everything else. ``build_decode_request`` is the edge's
 single way to fill a ``DecodeRequest``, so the oneof and optional fields are set the same way
-everywhere.
+everywhere. ``check_request_id`` is the one rule for request ids: the cloud applies it to every
+request, and the agent to an app's id before forwarding it (so a bad id is the app's error,
+never a cloud failure that counts against the breaker).
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from tandem.runtime.codec import (
 from tandem.v1 import decoder_pb2
 
 log = logging.getLogger(__name__)
+
+MAX_REQUEST_ID_CHARS = 128
+"""decoder.proto and edge.proto: a request id has at most 128 characters."""
+
 
 _CODEC_TO_PROTO: dict[Codec, int] = {
     Codec.FP32: decoder_pb2.CODEC_FP32,
@@ -165,7 +171,22 @@ def build_decode_request(
     )
 
 
+def check_request_id(request_id: str) -> str:
+    """The request id, checked first so every later log line and error can carry it."""
+    if not request_id:
+        raise InputError("request_id is empty; set a unique id (a UUID) per request")
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise InputError(
+            f"request_id has {len(request_id)} characters; at most {MAX_REQUEST_ID_CHARS} allowed"
+        )
+    if not request_id.isprintable():
+        raise InputError("request_id contains control characters")  # they would forge log lines
+    return request_id
+
+
 __all__ = [
+    "MAX_REQUEST_ID_CHARS",
+    "check_request_id",
     "build_decode_request",
     "codec_from_proto",
     "codec_to_proto",
@@ -176,3 +197,4 @@ __all__ = [
     "from_proto",
     "to_proto",
 ]
+

@@ -58,6 +58,10 @@ def test_pieces_stream_before_the_final_event(served):
         ({"text": "w5", "target_language": "fr", "max_new_tokens": 10_000}, "max_new_tokens"),
         ({"text": "w5 " * 200, "target_language": "fr"}, "at most 64"),
         ({"text": "x" * 5000, "target_language": "fr"}, "limit is 4096"),
+        # Forwarded to the cloud as is, so refused here: a bad id is the app's error, not a
+        # cloud failure counting against the breaker (found by tests/edge/test_fuzz.py).
+        ({"text": "w5", "target_language": "fr", "request_id": "r" * 129}, "at most 128"),
+        ({"text": "w5", "target_language": "fr", "request_id": "a\nb"}, "control characters"),
     ],
 )
 def test_bad_requests_are_invalid_argument(served, request_fields, message):

@@ -37,6 +37,8 @@ TRANSIENT = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
 )
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+UNFINISHED = frozenset({decoder_pb2.FINISH_REASON_CANCELLED, decoder_pb2.FINISH_REASON_DEADLINE})
+"""Final reasons of a stream the replica ended before the answer was complete."""
 
 
 class _Transient(Exception):
@@ -120,7 +122,8 @@ class CloudCall:
         """Stream the call to its end; ``on_tokens(start, ids)`` sees each chunk as it arrives.
 
         Raises CloudUnavailable / FingerprintMismatch / CloudError before the first token and
-        StreamBroken (carrying the tokens so far) after it.
+        StreamBroken (carrying the tokens so far) after it, or when the replica ended the
+        stream early (FINISH_REASON_CANCELLED or _DEADLINE, possibly with no token at all).
         """
         start = time.monotonic()
         end = start + self._deadline_s
@@ -205,6 +208,14 @@ class CloudCall:
                 f"cloud stream ended without a final event after {len(tokens)} tokens", tokens
             )
         call.cancel()  # nothing more to read; release the stream promptly
+        if final.reason in UNFINISHED:
+            # The replica stopped early (draining, or our deadline left it no time for another
+            # step): the tokens are valid but the answer is not complete. Taking it as complete
+            # would truncate the app's output; the caller resumes from the tokens instead.
+            reason = decoder_pb2.FinishReason.Name(final.reason).removeprefix("FINISH_REASON_")
+            raise StreamBroken(
+                f"cloud stopped early ({reason.lower()}) after {len(tokens)} tokens", tokens
+            )
         return CloudOutcome(tokens, final, ttft_s, self.attempts)
 
 

@@ -152,3 +152,44 @@ def test_wrong_fingerprint_decodes_locally_and_counts_the_reason(
     assert outcome.fallbacks == ["fingerprint_mismatch"]
     assert outcome.ids == expected[INPUTS[0]]
     assert agent.metrics.counts["fallback:fingerprint_mismatch"] == 1
+
+
+def test_cloud_stopping_at_the_deadline_resumes_locally(
+    text_bundle, cloud_factory, agent_factory, expected
+):
+    """A replica that runs out of the caller's deadline ends its stream with a final event,
+    FINISH_REASON_DEADLINE, after the tokens it managed. That answer is unfinished: the agent
+    resumes locally from those tokens instead of returning a truncated output (found by
+    tests/edge/test_fuzz.py with deadline_ms=1)."""
+    slow = SlowModel(text_bundle, delay_s=0.05)
+    _, port = cloud_factory(slow)
+    agent = agent_factory(port, policy="always_cloud", first_token_timeout_s=5.0)
+    text = INPUTS[2]
+    pieces, outcome = run(agent, text, deadline_s=0.2)  # a few 50 ms steps, then no time left
+    assert outcome.fallbacks == ["stream_broken"]
+    assert outcome.route == "local"
+    assert outcome.ids == expected[text]
+    assert [t for p in pieces for t in p.ids] == expected[text]
+    assert [p.start for p in pieces] == list(range(len(expected[text])))
+
+
+def test_cloud_draining_mid_stream_resumes_locally(
+    text_bundle, cloud_factory, agent_factory, expected
+):
+    """A draining replica ends in-flight streams with FINISH_REASON_CANCELLED: resume locally."""
+    slow = SlowModel(text_bundle, delay_s=0.05)
+    server, port = cloud_factory(slow)
+    agent = agent_factory(port, policy="always_cloud")
+    text = INPUTS[2]
+    seen, outcome = [], None
+    for item in agent.generate(Request(text=text, target="fr")):
+        if isinstance(item, Piece):
+            seen.append(item)
+            if len(seen) == 2:
+                threading.Thread(target=server.drain, args=(0.1,)).start()
+        else:
+            outcome = item
+    assert outcome.fallbacks == ["stream_broken"]
+    assert outcome.route == "local"
+    assert outcome.ids == expected[text]
+    assert [t for p in seen for t in p.ids] == expected[text]

@@ -197,4 +197,3 @@ __all__ = [
     "from_proto",
     "to_proto",
 ]
-

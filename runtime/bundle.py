@@ -123,8 +123,9 @@ def load_bundle(path: str | Path, session_config: SessionConfig | None = None) -
             f"not match its contents ({fingerprint[:19]}…); the files were changed after export"
         )
     sessions: dict[str, ort.InferenceSession] = {}
-    options = session_config.to_ort()
     for part in PART_NAMES:
+        # Only the decoder runs back to back, so only its threads may spin (SessionConfig).
+        options = session_config.to_ort(spin=None if part == "decoder" else False)
         file = manifest.parts[part]
         _check_opset(path, part, file)
         try:

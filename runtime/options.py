@@ -35,8 +35,11 @@ class SessionConfig:
     providers: tuple[str, ...] = field(default=("CPUExecutionProvider",))
     """Execution providers in order of preference; each must be available in this build."""
     allow_spinning: bool = True
-    """Let idle intra-op threads spin: lowest latency on a quiet machine. On a busy device
-    (other apps on the same cores) spinning threads steal time from each other; set False."""
+    """Let the decoder's idle intra-op threads spin between steps: lowest latency on a quiet
+    machine. On a busy device (other apps on the same cores) spinning threads steal time from
+    each other; set False. The encoder and the cache initializer never spin: they run once per
+    request, so their threads would only spin into the decoder steps that follow them (each
+    part has its own thread pool) and slow those down."""
 
     def __post_init__(self) -> None:
         if self.intra_op_threads < 0:
@@ -73,14 +76,14 @@ class SessionConfig:
         except TypeError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
 
-    def to_ort(self) -> ort.SessionOptions:
+    def to_ort(self, spin: bool | None = None) -> ort.SessionOptions:
+        """Options for one part; ``spin`` overrides ``allow_spinning`` (see there)."""
+        spin = self.allow_spinning if spin is None else spin
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
         options.inter_op_num_threads = self.inter_op_threads
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[self.graph_optimization]
-        options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if self.allow_spinning else "0"
-        )
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         options.log_severity_level = 3  # errors only: warnings about unused initializers are noise
         return options

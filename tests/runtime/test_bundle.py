@@ -11,6 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from tandem.errors import BundleError
 from tandem.runtime.bundle import load_bundle
+from tandem.runtime.options import SessionConfig
 from tandem.runtime.seq2seq import Seq2Seq
 
 
@@ -149,3 +150,17 @@ def test_not_a_bundle(tmp_path):
     (tmp_path / "bundle.yaml").write_text("format: tandem-bundle/0\n")
     with pytest.raises(BundleError, match="format must be 'tandem-bundle/1'"):
         load_bundle(tmp_path)
+
+
+@pytest.mark.parametrize("allow", [True, False])
+def test_only_the_decoder_may_spin(bundle, allow):
+    """Encoder and cache initializer run once per request: their threads never spin into the
+    decoder steps that follow; the decoder follows ``allow_spinning``."""
+    loaded = load_bundle(bundle, SessionConfig(allow_spinning=allow))
+    spin = {
+        part: session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning"
+        )
+        for part, session in loaded.sessions.items()
+    }
+    assert spin == {"encoder": "0", "cache_init": "0", "decoder": "1" if allow else "0"}

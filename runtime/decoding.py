@@ -212,11 +212,11 @@ class DecodeBatch:
             feeds.update(zip(self._cross_names, group_cross, strict=True))
             logits, *present = self._decoder.run(self._outputs, feeds)
             stay = []
-            for j, i in enumerate(members):
-                row = rows[i]
-                row.next_position = length + 1
-                results[i] = self._choose(row, logits[j])
-                if results[i].finish is None:
+            chosen = self._choose([rows[i] for i in members], logits)
+            for j, (i, result) in enumerate(zip(members, chosen, strict=True)):
+                rows[i].next_position = length + 1
+                results[i] = result
+                if result.finish is None:
                     stay.append(j)
             if stay:
                 keep = np.array(stay)
@@ -341,40 +341,42 @@ class DecodeBatch:
         self._self_mask = np.concatenate(
             [self._self_mask, np.ones((batch, 1), dtype=np.int64)], axis=1
         )
-        results = []
+        results = self._choose(self._rows, logits)
         keep = []
-        for i, row in enumerate(self._rows):
+        for i, (row, result) in enumerate(zip(self._rows, results, strict=True)):
             row.next_position += 1
-            result = self._choose(row, logits[i])
-            results.append(result)
             if result.finish is None:
                 keep.append(i)
         self._drop(keep)
         return results
 
-    def _choose(self, row: _Row, logits: np.ndarray) -> StepResult:
-        """Greedy choice for one row; records the token and whether the row is finished.
+    def _choose(self, rows: list[_Row], logits: np.ndarray) -> list[StepResult]:
+        """Greedy choice for each row; records the tokens and which rows are finished.
 
-        ``logits`` (V,) is a row of this step's own ``session.run`` output and is masked in
-        place: copying a vocabulary-sized row was the largest Python cost of a step (about
-        60 us of fresh pages for Marian's 58k vocabulary, measured by bench/local_decode.py).
+        ``logits`` (B, V) is this run's own output, one row per entry of ``rows``, and is
+        masked in place: copying vocabulary-sized rows was the largest Python cost of a step
+        (about 60 us of fresh pages per row for Marian's 58k vocabulary, measured by
+        bench/local_decode.py). Masks and the argmax run once for the whole batch, not per row.
         """
         if self._suppress.size:
-            logits[self._suppress] = -np.inf
-        if len(row.tokens) < row.params.min_new_tokens:
-            logits[row.eos] = -np.inf
-        if self._forced_last is not None and len(row.tokens) == row.params.max_new_tokens - 1:
-            token = self._forced_last  # as Hugging Face's forced EOS at the length limit
-        else:
-            token = int(np.argmax(logits))
-        row.tokens.append(token)
-        row.next_token = token
-        finish = None
-        if token == row.eos:
-            finish = FINISH_EOS
-        elif len(row.tokens) >= row.params.max_new_tokens:
-            finish = FINISH_LENGTH
-        return StepResult(row.key, len(row.tokens) - 1, token, finish)
+            logits[:, self._suppress] = -np.inf
+        early = [i for i, row in enumerate(rows) if len(row.tokens) < row.params.min_new_tokens]
+        if early:
+            logits[early, [rows[i].eos for i in early]] = -np.inf
+        best = logits.argmax(axis=1).tolist()
+        results = []
+        for row, token in zip(rows, best, strict=True):
+            if self._forced_last is not None and len(row.tokens) == row.params.max_new_tokens - 1:
+                token = self._forced_last  # as Hugging Face's forced EOS at the length limit
+            row.tokens.append(token)
+            row.next_token = token
+            finish = None
+            if token == row.eos:
+                finish = FINISH_EOS
+            elif len(row.tokens) >= row.params.max_new_tokens:
+                finish = FINISH_LENGTH
+            results.append(StepResult(row.key, len(row.tokens) - 1, token, finish))
+        return results
 
     def tokens(self, key: Hashable) -> list[int]:
         """All generated tokens of a sequence still in the batch (prefix included)."""

@@ -90,12 +90,15 @@ class ShapingRelay:
         listen: tuple[str, int] = ("127.0.0.1", 0),
         state: LinkState | None = None,
         seed: int = 0,
+        netns: str | None = None,
     ) -> None:
+        """``netns``: serve inside this network namespace (only the relay's thread enters it)."""
         if not isinstance(state, LinkState | None):
             raise ConfigError(f"relay state must be a LinkState, got {type(state).__name__}")
         self.upstream = upstream
         self.listen = listen
         self.seed = seed
+        self.netns = netns
         self._state = state or LinkState()  # what the loop applies
         self._requested = self._state  # what callers last set
         self._lock = threading.Lock()
@@ -186,6 +189,19 @@ class ShapingRelay:
     # -- inside the loop -------------------------------------------------------------------
 
     def _run(self, ready: concurrent.futures.Future) -> None:
+        if self.netns is None:
+            self._serve(ready)
+            return
+        from tandem.emulate.netns import enter_netns
+
+        try:
+            with enter_netns(self.netns):
+                self._serve(ready)
+        except Exception as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+
+    def _serve(self, ready: concurrent.futures.Future) -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:

@@ -1,0 +1,242 @@
+"""Network namespaces: two namespaces joined by a veth pair, the rate shaped by kernel qdiscs.
+
+``detect_capabilities`` says what this machine allows (root, iproute2, namespaces, veth, the
+``tbf``/``htb``/``netem`` qdiscs) by trying each in a throwaway namespace; the emulator reports
+it and picks its mode from it. ``NamespacePair`` builds the emulated link::
+
+    [edge ns]  agent ── veth (tbf: uplink rate) ═══ veth (tbf: downlink rate) ── relay ── cloud  [cloud ns]
+
+The agent side's egress (uplink) and ingress (the cloud end's egress: downlink) are each
+shaped by a ``tbf`` qdisc whose rate ``set_rate`` changes with ``tc qdisc change``. Kernels
+without ``netem`` cannot delay or drop, so delay, loss, partitions and zero-rate stalls are
+done by the userspace ``ShapingRelay``, which runs inside the cloud namespace
+(``enter_netns``: only the relay's thread moves there).
+
+Everything is named after this process (``tandem-e-<pid>-<k>``), so parallel runs never
+collide, and removed on exit — exceptions and Ctrl-C included; namespaces left by a killed
+run are removed by the next one (``remove_stale``), since a deleted namespace takes its veth
+end with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from tandem.errors import ConfigError, TandemError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "tandem-"
+EDGE_ADDR = "10.77.0.2"
+CLOUD_ADDR = "10.77.0.1"
+CLONE_NEWNET = 0x40000000
+MTU_BYTES = 1500
+TBF_LATENCY_MS = 1000
+"""Queueing delay a tbf may build before it drops: a deep, cellular-like buffer."""
+UNSHAPED_BPS = 10e9
+"""The rate a tbf is given for an unshaped direction."""
+
+_counter = itertools.count()
+
+
+def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=10)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the machine allows, each found by trying it."""
+
+    root: bool
+    ip: bool
+    tc: bool
+    netns: bool
+    veth: bool
+    tbf: bool
+    htb: bool
+    netem: bool
+    why_not: str = ""
+    """The first thing that failed, for the user (empty when namespaces work)."""
+
+    @property
+    def kernel_rate(self) -> bool:
+        """Namespaces, veth and a rate qdisc: the ``netns`` mode can run."""
+        return self.netns and self.veth and self.tbf
+
+    def summary(self) -> str:
+        flags = ("root", "ip", "tc", "netns", "veth", "tbf", "htb", "netem")
+        return " ".join(f"{name}={'yes' if getattr(self, name) else 'no'}" for name in flags)
+
+
+def detect_capabilities() -> Capabilities:
+    """Try root, iproute2, a namespace pair, a veth, and each qdisc; never raises."""
+    root = os.geteuid() == 0
+    ip = shutil.which("ip") is not None
+    tc = shutil.which("tc") is not None
+    if not root:
+        return Capabilities(root, ip, tc, False, False, False, False, False, "not root")
+    if not (ip and tc):
+        return Capabilities(root, ip, tc, False, False, False, False, False, "no iproute2 (ip/tc)")
+    pair = NamespacePair(shape=False)
+    try:
+        pair.create()
+    except TandemError as exc:
+        pair.remove()
+        netns = "netns" not in str(exc)
+        return Capabilities(root, ip, tc, netns, False, False, False, False, str(exc))
+    try:
+        found = {}
+        for kind, args in (
+            ("tbf", ["tbf", "rate", "1mbit", "burst", "3000", "latency", "100ms"]),
+            ("htb", ["htb", "default", "1"]),
+            ("netem", ["netem", "delay", "1ms"]),
+        ):
+            done = _run("tc", "-n", pair.edge_ns, "qdisc", "replace", "dev", pair.edge_if,
+                        "root", *args, check=False)  # fmt: skip
+            found[kind] = done.returncode == 0
+        why = "" if found["tbf"] else "no tbf qdisc in this kernel"
+        return Capabilities(
+            root, ip, tc, True, True, found["tbf"], found["htb"], found["netem"], why
+        )
+    finally:
+        pair.remove()
+
+
+def remove_stale() -> list[str]:
+    """Delete namespaces left by tandem runs whose process is gone; returns their names."""
+    done = _run("ip", "netns", "list", check=False)
+    removed = []
+    for line in done.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        parts = name.split("-")
+        if not name.startswith(PREFIX) or len(parts) != 4 or not parts[2].isdigit():
+            continue
+        if int(parts[2]) == os.getpid() or os.path.exists(f"/proc/{parts[2]}"):
+            continue
+        if _run("ip", "netns", "del", name, check=False).returncode == 0:
+            removed.append(name)
+    if removed:
+        log.info("removed stale namespaces", extra={"names": ",".join(removed)})
+    return removed
+
+
+def tbf_args(rate_bps: float) -> list[str]:
+    """tbf parameters for ``rate_bps``: a burst of at least two MTUs (or 4 ms of the rate)."""
+    burst = max(2 * MTU_BYTES, int(rate_bps / 8 * 0.004))
+    return ["tbf", "rate", f"{max(int(rate_bps), 8)}bit", "burst", str(burst),
+            "latency", f"{TBF_LATENCY_MS}ms"]  # fmt: skip
+
+
+class NamespacePair:
+    """Two namespaces and a veth pair between them; ``with`` creates and always removes them."""
+
+    def __init__(self, shape: bool = True) -> None:
+        k = next(_counter)
+        pid = os.getpid()
+        self.edge_ns = f"{PREFIX}e-{pid}-{k}"
+        self.cloud_ns = f"{PREFIX}c-{pid}-{k}"
+        self.edge_if = f"te{pid % 100000}x{k}"[:15]
+        self.cloud_if = f"tc{pid % 100000}x{k}"[:15]
+        self.edge_addr, self.cloud_addr = EDGE_ADDR, CLOUD_ADDR
+        self.shape = shape
+        self.rates: tuple[float | None, float | None] = (None, None)
+        self._created: list[str] = []
+
+    def _step(self, what: str, *argv: str) -> None:
+        done = _run(*argv, check=False)
+        if done.returncode != 0:
+            raise TandemError(f"{what} failed: {' '.join(argv)}: {done.stderr.strip()}")
+
+    def create(self) -> NamespacePair:
+        for ns in (self.edge_ns, self.cloud_ns):
+            self._step("netns", "ip", "netns", "add", ns)
+            self._created.append(ns)
+        self._step("veth", "ip", "link", "add", self.edge_if, "type", "veth",
+                   "peer", "name", self.cloud_if)  # fmt: skip
+        for ns, dev, addr in (
+            (self.edge_ns, self.edge_if, self.edge_addr),
+            (self.cloud_ns, self.cloud_if, self.cloud_addr),
+        ):
+            self._step("veth", "ip", "link", "set", dev, "netns", ns)
+            self._step("address", "ip", "-n", ns, "addr", "add", f"{addr}/30", "dev", dev)
+            self._step("link up", "ip", "-n", ns, "link", "set", dev, "up")
+            self._step("link up", "ip", "-n", ns, "link", "set", "lo", "up")
+        if self.shape:
+            for ns, dev in ((self.edge_ns, self.edge_if), (self.cloud_ns, self.cloud_if)):
+                self._step("tbf", "tc", "-n", ns, "qdisc", "add", "dev", dev, "root",
+                           *tbf_args(UNSHAPED_BPS))  # fmt: skip
+        log.info("namespaces created", extra={"edge": self.edge_ns, "cloud": self.cloud_ns})
+        return self
+
+    def set_rate(self, up_bps: float | None, down_bps: float | None) -> None:
+        """Kernel rate of each direction (None: unshaped); only changed values are sent."""
+        for i, (ns, dev, rate) in enumerate(
+            ((self.edge_ns, self.edge_if, up_bps), (self.cloud_ns, self.cloud_if, down_bps))
+        ):
+            if rate == self.rates[i]:
+                continue
+            if rate is not None and not rate > 0:
+                raise ConfigError(f"kernel rate must be > 0 or None, got {rate}")
+            bps = UNSHAPED_BPS if rate is None else rate
+            self._step("tc change", "tc", "-n", ns, "qdisc", "change", "dev", dev, "root",
+                       *tbf_args(bps))  # fmt: skip
+            self.rates = (rate, self.rates[1]) if i == 0 else (self.rates[0], rate)
+
+    def exec_prefix(self, side: str) -> list[str]:
+        """argv prefix that runs a command in the ``edge`` or ``cloud`` namespace."""
+        return ["ip", "netns", "exec", self.edge_ns if side == "edge" else self.cloud_ns]
+
+    def remove(self) -> None:
+        """Delete both namespaces (their veth ends and qdiscs go with them); idempotent."""
+        for ns in reversed(self._created):
+            done = _run("ip", "netns", "del", ns, check=False)
+            if done.returncode != 0:
+                log.warning("cannot delete namespace", extra={"ns": ns, "error": done.stderr})
+        self._created.clear()
+        _run("ip", "link", "del", self.edge_if, check=False)  # only if creation stopped midway
+
+    def __enter__(self) -> NamespacePair:
+        try:
+            return self.create()
+        except BaseException:
+            self.remove()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+@contextlib.contextmanager
+def enter_netns(name: str) -> Iterator[None]:
+    """Move the calling thread (only it) into namespace ``name``, and back on exit.
+
+    Sockets created meanwhile belong to ``name`` for their whole life, so a thread that runs an
+    event loop can serve inside a namespace while the rest of the process stays outside.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as target:
+        if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise TandemError(f"cannot enter namespace {name}: {os.strerror(err)}")
+        try:
+            yield
+        finally:
+            libc.setns(home.fileno(), CLONE_NEWNET)
+
+
+__all__ = [
+    "Capabilities",
+    "NamespacePair",
+    "detect_capabilities",
+    "enter_netns",
+    "remove_stale",
+    "tbf_args",
+]

@@ -1,0 +1,151 @@
+"""Namespaces, veth and kernel rate shaping, for real (root and iproute2 needed, else skipped)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tandem.emulate.netns import (
+    NamespacePair,
+    detect_capabilities,
+    enter_netns,
+    remove_stale,
+    tbf_args,
+)
+from tandem.emulate.relay import LinkState, ShapingRelay
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+    pytest.mark.skipif(
+        shutil.which("ip") is None or shutil.which("tc") is None, reason="needs iproute2 (ip, tc)"
+    ),
+]
+
+
+def namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def socket_in(ns: str, *args) -> socket.socket:
+    """A socket that belongs to namespace ``ns`` (created by a thread inside it)."""
+    box = []
+
+    def make():
+        with enter_netns(ns):
+            box.append(socket.socket(*args))
+
+    t = threading.Thread(target=make)
+    t.start()
+    t.join()
+    return box[0]
+
+
+def echo_in(ns: str, address: tuple[str, int]) -> socket.socket:
+    listener = socket_in(ns)
+    listener.bind(address)
+    listener.listen()
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=pump, args=(conn,), daemon=True).start()
+
+    def pump(conn):
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener
+
+
+def echo_time_s(ns: str, address: tuple[str, int], nbytes: int) -> float:
+    sock = socket_in(ns)
+    sock.settimeout(20)
+    sock.connect(address)
+    data = b"n" * nbytes
+    start = time.monotonic()
+    threading.Thread(target=sock.sendall, args=(data,), daemon=True).start()
+    got = 0
+    while got < nbytes:
+        got += len(sock.recv(65536))
+    sock.close()
+    return time.monotonic() - start
+
+
+def test_capabilities_are_detected_by_trying():
+    caps = detect_capabilities()
+    assert caps.root and caps.ip and caps.tc
+    assert caps.netns and caps.veth and caps.tbf, caps.why_not
+    assert caps.kernel_rate
+    assert "netem=" in caps.summary()
+    assert not {n for n in namespaces() if n.startswith(f"tandem-e-{os.getpid()}-")}
+
+
+def test_pair_is_removed_on_exit_even_after_an_exception():
+    before = namespaces()
+    with pytest.raises(RuntimeError, match="boom"), NamespacePair() as pair:
+        assert {pair.edge_ns, pair.cloud_ns} <= namespaces()
+        raise RuntimeError("boom")
+    assert namespaces() == before
+    links = subprocess.run(["ip", "link", "show"], capture_output=True, text=True).stdout
+    assert pair.edge_if not in links
+
+
+def test_two_pairs_at_once_have_distinct_names():
+    with NamespacePair() as a, NamespacePair() as b:
+        assert {a.edge_ns, a.cloud_ns}.isdisjoint({b.edge_ns, b.cloud_ns})
+        assert a.edge_if != b.edge_if
+
+
+def test_kernel_rate_limits_the_veth_and_changes_on_the_fly():
+    with NamespacePair() as pair:
+        listener = echo_in(pair.cloud_ns, (pair.cloud_addr, 0))
+        address = (pair.cloud_addr, listener.getsockname()[1])
+        fast = echo_time_s(pair.edge_ns, address, 300_000)
+        pair.set_rate(2e6, None)  # 300 kB up at 2 Mbit/s: 1.2 s
+        slow = echo_time_s(pair.edge_ns, address, 300_000)
+        pair.set_rate(None, 4e6)  # now the downlink limits: 0.6 s
+        down = echo_time_s(pair.edge_ns, address, 300_000)
+        listener.close()
+    assert fast < 0.5, fast
+    assert 1.2 * 0.9 <= slow <= 1.2 * 1.6, slow
+    assert 0.6 * 0.9 <= down <= 0.6 * 1.8, down
+
+
+def test_relay_inside_the_cloud_namespace_adds_delay_on_the_veth_path():
+    with NamespacePair() as pair:
+        listener = echo_in(pair.cloud_ns, ("127.0.0.1", 0))
+        upstream = ("127.0.0.1", listener.getsockname()[1])
+        with ShapingRelay(upstream, listen=(pair.cloud_addr, 0), netns=pair.cloud_ns) as relay:
+            relay.set_state(LinkState(delay_ms=50))
+            elapsed = echo_time_s(pair.edge_ns, (pair.cloud_addr, relay.port), 10)
+        listener.close()
+    assert 0.099 <= elapsed < 0.5, elapsed
+
+
+def test_stale_namespaces_of_dead_runs_are_removed():
+    dead_pid = 4_000_000  # above pid_max: no such process
+    name = f"tandem-e-{dead_pid}-0"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        assert name in remove_stale()
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    assert name not in namespaces()
+
+
+def test_tbf_burst_never_below_two_mtus():
+    assert tbf_args(8000)[4] == "3000"
+    assert int(tbf_args(1e9)[4]) == 500_000

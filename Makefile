@@ -1,5 +1,6 @@
 # Two commands (see README): `make demo` installs everything and runs the main job on the
-# shipped default model; `make test` installs everything and runs the test suite.
+# shipped default model; `make test` installs everything and runs the test suite: the fast
+# suite, then the chaos scenario (tests/chaos, about a minute) as a stage of its own.
 VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
@@ -22,7 +23,8 @@ test: install
 	$(PY) scripts/gen_protos.py --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not chaos"
+	$(PY) -m pytest -m chaos tests/chaos
 
 test-slow: install
 	$(PY) -m pytest -m slow

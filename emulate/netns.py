@@ -7,7 +7,10 @@ it and picks its mode from it. ``NamespacePair`` builds the emulated link::
     [edge ns]  agent ── veth (tbf: uplink rate) ═══ veth (tbf: downlink rate) ── relay ── cloud  [cloud ns]
 
 The agent side's egress (uplink) and ingress (the cloud end's egress: downlink) are each
-shaped by a ``tbf`` qdisc whose rate ``set_rate`` changes with ``tc qdisc change``. Kernels
+shaped by an ``htb`` class whose rate ``set_rate`` changes with ``tc class change`` — htb
+because changing a tbf (``tc qdisc change``) replaces its queue and drops the packets in it,
+which TCP pays for with a 200 ms retransmission timeout on every trace step; a plain ``tbf``
+is the fallback where the kernel has no htb. Kernels
 without ``netem`` cannot delay or drop, so delay, loss, partitions and zero-rate stalls are
 done by the userspace ``ShapingRelay``, which runs inside the cloud namespace
 (``enter_netns``: only the relay's thread moves there).
@@ -69,7 +72,7 @@ class Capabilities:
     @property
     def kernel_rate(self) -> bool:
         """Namespaces, veth and a rate qdisc: the ``netns`` mode can run."""
-        return self.netns and self.veth and self.tbf
+        return self.netns and self.veth and (self.htb or self.tbf)
 
     def summary(self) -> str:
         flags = ("root", "ip", "tc", "netns", "veth", "tbf", "htb", "netem")
@@ -102,7 +105,7 @@ def detect_capabilities() -> Capabilities:
             done = _run("tc", "-n", pair.edge_ns, "qdisc", "replace", "dev", pair.edge_if,
                         "root", *args, check=False)  # fmt: skip
             found[kind] = done.returncode == 0
-        why = "" if found["tbf"] else "no tbf qdisc in this kernel"
+        why = "" if found["tbf"] or found["htb"] else "no tbf or htb qdisc in this kernel"
         return Capabilities(
             root, ip, tc, True, True, found["tbf"], found["htb"], found["netem"], why
         )
@@ -135,10 +138,19 @@ def tbf_args(rate_bps: float) -> list[str]:
             "latency", f"{TBF_LATENCY_MS}ms"]  # fmt: skip
 
 
+def htb_args(rate_bps: float) -> list[str]:
+    """htb class parameters for ``rate_bps`` (ceil = rate: no borrowing), bursts as tbf's."""
+    rate = f"{max(int(rate_bps), 8)}bit"
+    burst = str(max(2 * MTU_BYTES, int(rate_bps / 8 * 0.004)))
+    return ["htb", "rate", rate, "ceil", rate, "burst", burst, "cburst", burst]
+
+
 class NamespacePair:
     """Two namespaces and a veth pair between them; ``with`` creates and always removes them."""
 
-    def __init__(self, shape: bool = True) -> None:
+    def __init__(self, shape: bool = True, qdisc: str = "htb") -> None:
+        if qdisc not in ("htb", "tbf"):
+            raise ConfigError(f"rate qdisc must be htb or tbf, got {qdisc!r}")
         k = next(_counter)
         pid = os.getpid()
         self.edge_ns = f"{PREFIX}e-{pid}-{k}"
@@ -147,6 +159,7 @@ class NamespacePair:
         self.cloud_if = f"tc{pid % 100000}x{k}"[:15]
         self.edge_addr, self.cloud_addr = EDGE_ADDR, CLOUD_ADDR
         self.shape = shape
+        self.qdisc = qdisc
         self.rates: tuple[float | None, float | None] = (None, None)
         self._created: list[str] = []
 
@@ -171,8 +184,14 @@ class NamespacePair:
             self._step("link up", "ip", "-n", ns, "link", "set", "lo", "up")
         if self.shape:
             for ns, dev in ((self.edge_ns, self.edge_if), (self.cloud_ns, self.cloud_if)):
-                self._step("tbf", "tc", "-n", ns, "qdisc", "add", "dev", dev, "root",
-                           *tbf_args(UNSHAPED_BPS))  # fmt: skip
+                if self.qdisc == "tbf":
+                    self._step("tbf", "tc", "-n", ns, "qdisc", "add", "dev", dev, "root",
+                               *tbf_args(UNSHAPED_BPS))  # fmt: skip
+                    continue
+                self._step("htb", "tc", "-n", ns, "qdisc", "add", "dev", dev, "root",
+                           "handle", "1:", "htb", "default", "1")  # fmt: skip
+                self._step("htb", "tc", "-n", ns, "class", "add", "dev", dev, "parent", "1:",
+                           "classid", "1:1", *htb_args(UNSHAPED_BPS))  # fmt: skip
         log.info("namespaces created", extra={"edge": self.edge_ns, "cloud": self.cloud_ns})
         return self
 
@@ -186,8 +205,12 @@ class NamespacePair:
             if rate is not None and not rate > 0:
                 raise ConfigError(f"kernel rate must be > 0 or None, got {rate}")
             bps = UNSHAPED_BPS if rate is None else rate
-            self._step("tc change", "tc", "-n", ns, "qdisc", "change", "dev", dev, "root",
-                       *tbf_args(bps))  # fmt: skip
+            if self.qdisc == "tbf":
+                self._step("tc change", "tc", "-n", ns, "qdisc", "change", "dev", dev, "root",
+                           *tbf_args(bps))  # fmt: skip
+            else:
+                self._step("tc change", "tc", "-n", ns, "class", "change", "dev", dev,
+                           "parent", "1:", "classid", "1:1", *htb_args(bps))  # fmt: skip
             self.rates = (rate, self.rates[1]) if i == 0 else (self.rates[0], rate)
 
     def exec_prefix(self, side: str) -> list[str]:
@@ -237,6 +260,7 @@ __all__ = [
     "NamespacePair",
     "detect_capabilities",
     "enter_netns",
+    "htb_args",
     "remove_stale",
     "tbf_args",
 ]

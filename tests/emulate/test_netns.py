@@ -15,6 +15,7 @@ from tandem.emulate.netns import (
     NamespacePair,
     detect_capabilities,
     enter_netns,
+    htb_args,
     remove_stale,
     tbf_args,
 )
@@ -109,8 +110,9 @@ def test_two_pairs_at_once_have_distinct_names():
         assert a.edge_if != b.edge_if
 
 
-def test_kernel_rate_limits_the_veth_and_changes_on_the_fly():
-    with NamespacePair() as pair:
+@pytest.mark.parametrize("qdisc", ["htb", "tbf"])
+def test_kernel_rate_limits_the_veth_and_changes_on_the_fly(qdisc):
+    with NamespacePair(qdisc=qdisc) as pair:
         listener = echo_in(pair.cloud_ns, (pair.cloud_addr, 0))
         address = (pair.cloud_addr, listener.getsockname()[1])
         fast = echo_time_s(pair.edge_ns, address, 300_000)
@@ -146,6 +148,7 @@ def test_stale_namespaces_of_dead_runs_are_removed():
     assert name not in namespaces()
 
 
-def test_tbf_burst_never_below_two_mtus():
+def test_bursts_never_below_two_mtus():
     assert tbf_args(8000)[4] == "3000"
     assert int(tbf_args(1e9)[4]) == 500_000
+    assert htb_args(8000)[6] == "3000"

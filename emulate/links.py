@@ -44,7 +44,7 @@ def choose_mode(requested: str, caps: Capabilities | None = None) -> tuple[str, 
     if requested == "loopback":
         return "loopback", "asked for (--mode loopback)", caps
     if caps.kernel_rate:
-        why = "root, network namespaces, veth and tbf available"
+        why = "root, network namespaces, veth and a rate qdisc (htb or tbf) available"
         if not caps.netem:
             why += "; no netem, so delay/loss/partitions go through the userspace relay"
         return "netns", why, caps

@@ -1,0 +1,175 @@
+"""Fidelity: does the simulator predict the real daemons? Same traces, policies and workload.
+
+For each trace x policy the simulator (``tandem.sim``) and the emulator (``tandem.emulate``:
+the real ``tandem cloud serve`` and ``tandem edge run`` over a trace-shaped link) play the
+same draws — same seed, same requests, same arrival times — and the benchmark prints the mean
+latency of each and their relative difference. Target: within 15 % on every trace x policy.
+
+Nothing is tuned to make them agree. The simulator is told what the emulated world is, and
+only that, measured first:
+
+- the profile of the shipped model on this machine, measured now with ``tandem profile`` (the
+  emulated device and cloud both run here, so the device-speed factor is 1 and one profile
+  serves both);
+- the scenario the emulator really runs: one request decoded at a time in the cloud, no cloud
+  queue, this machine's load (idle as far as the simulator knows), the link's base RTT, loss
+  and jitter, the policy's own config (priors, deadline, codec) on both sides.
+
+``--quick``: 3 traces x 2 policies, about 4 minutes. The last line is one JSON object with
+``max_rel_err``.
+
+    python bench/sim_vs_emulation.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_REL_ERR = 0.15
+
+QUICK_TRACES = (
+    "mahimahi_verizon-lte-short_down.csv",
+    "norway3g_bus_2010-09-29_1628_down.csv",
+    "fcc_939562-google-mobile_down.csv",
+)
+FULL_TRACES = QUICK_TRACES + (
+    "mahimahi_tmobile-umts-driving_down.csv",
+    "nyumets-lte_bus57_down.csv",
+    "belgium4g_bus-0003_down.csv",
+)
+QUICK_POLICIES = ("always_cloud", "cost_model")
+FULL_POLICIES = ("always_local", "always_cloud", "threshold", "cost_model")
+
+
+def traces_dir(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    env = os.environ.get("TANDEM_TRACES")
+    return Path(env) if env else ROOT.parent / "shared" / "traces"
+
+
+def measure_profile(out: Path, quick: bool) -> Path:
+    """This machine's profile of the shipped model, by the real ``tandem profile``."""
+    argv = [sys.executable, "-m", "tandem", "profile", "--out", str(out)]
+    if quick:
+        argv.append("--quick")
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    print(done.stdout.strip(), flush=True)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 traces x 2 policies")
+    parser.add_argument("--traces", help="trace folder ($TANDEM_TRACES or ../shared/traces)")
+    parser.add_argument("--requests", type=int, default=None, help="requests per run")
+    parser.add_argument("--rate", type=float, default=1.0, help="arrivals per second")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mode", choices=("auto", "netns", "loopback"), default="auto")
+    args = parser.parse_args()
+
+    from tandem.defaults import bundle_path
+    from tandem.emulate.inputs import match_inputs
+    from tandem.emulate.links import choose_mode
+    from tandem.emulate.runner import run_emulation
+    from tandem.policy import PolicyConfig
+    from tandem.runtime.seq2seq import Seq2Seq
+    from tandem.sim.profiles import load_profile
+    from tandem.sim.runner import Scenario, make_draws, simulate
+    from tandem.sim.trace import load_trace
+
+    folder = traces_dir(args.traces)
+    names = QUICK_TRACES if args.quick else FULL_TRACES
+    policies = QUICK_POLICIES if args.quick else FULL_POLICIES
+    n = args.requests or (25 if args.quick else 60)
+    started = time.monotonic()
+    mode, why, caps = choose_mode(args.mode)
+    print(f"mode {mode}: {why}; {caps.summary()}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="tandem-fidelity-") as tmp:
+        profile_path = measure_profile(Path(tmp) / "profile.yaml", args.quick)
+        profile = load_profile(profile_path)
+        scenario = Scenario(
+            device_speed_factor=1.0, load="idle", rate_per_s=args.rate, cloud_batch=1,
+            cloud_queue_ms=0.0,
+        )  # fmt: skip
+        cfg = PolicyConfig()
+        draws = make_draws(n, scenario, args.seed)
+        model = Seq2Seq.load(bundle_path())
+        inputs = match_inputs(model, draws.workload.requests, seed=args.seed)
+        del model
+        rows = []
+        for name in names:
+            trace = load_trace(folder / name)
+            for policy in policies:
+                sim = simulate(trace, policy, draws, scenario, profile, profile, cfg)
+                emu, info = run_emulation(
+                    trace, policy, draws, inputs, scenario, cfg, profile_path, profile_path,
+                    mode, seed=args.seed,
+                )  # fmt: skip
+                sim_mean = float(sim.latency_ms.mean())
+                emu_mean = float(np.nanmean(emu.latency_ms))
+                row = {
+                    "trace": trace.name,
+                    "policy": policy,
+                    "sim_mean_ms": round(sim_mean, 1),
+                    "emu_mean_ms": round(emu_mean, 1),
+                    "rel_err": round(abs(emu_mean - sim_mean) / sim_mean, 3),
+                    "sim_cloud": round(float(sim.cloud.mean()), 2),
+                    "emu_cloud": round(float(emu.cloud.mean()), 2),
+                    "sim_p95_ms": round(float(np.percentile(sim.latency_ms, 95)), 1),
+                    "emu_p95_ms": round(float(np.nanpercentile(emu.latency_ms, 95)), 1),
+                    "answered": f"{info.answered}/{info.requests}",
+                }
+                rows.append(row)
+                print(
+                    f"{trace.name} {policy}: sim {sim_mean:.1f} ms, emu {emu_mean:.1f} ms "
+                    f"({100 * row['rel_err']:.1f}%), {info.wall_s:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    print()
+    print("| trace | policy | sim mean ms | emu mean ms | rel err | sim p95 | emu p95 | "
+          "cloud sim/emu | answered |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        mark = "" if r["rel_err"] <= TARGET_REL_ERR else " MISS"
+        print(
+            f"| {r['trace']} | {r['policy']} | {r['sim_mean_ms']} | {r['emu_mean_ms']} | "
+            f"{100 * r['rel_err']:.1f}%{mark} | {r['sim_p95_ms']} | {r['emu_p95_ms']} | "
+            f"{r['sim_cloud']:.2f}/{r['emu_cloud']:.2f} | {r['answered']} |"
+        )
+    max_err = max(r["rel_err"] for r in rows)
+    print()
+    print(
+        json.dumps(
+            {
+                "bench": "sim_vs_emulation",
+                "mode": mode,
+                "requests": n,
+                "rate_per_s": args.rate,
+                "runs": len(rows),
+                "max_rel_err": max_err,
+                "mean_rel_err": round(float(np.mean([r["rel_err"] for r in rows])), 3),
+                "target_rel_err": TARGET_REL_ERR,
+                "target_met": max_err <= TARGET_REL_ERR,
+                "wall_s": round(time.monotonic() - started, 1),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

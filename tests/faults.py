@@ -15,10 +15,10 @@ class SlowBatch(DecodeBatch):
     delay_s = 0.0
     first_delay_s = 0.0
 
-    def add(self, *args, **kwargs):
+    def add_many(self, *args, **kwargs):  # add() goes through add_many too
         if self.first_delay_s:
             time.sleep(self.first_delay_s)
-        return super().add(*args, **kwargs)
+        return super().add_many(*args, **kwargs)
 
     def step(self):
         if self.delay_s:

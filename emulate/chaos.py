@@ -29,10 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from tandem.defaults import bundle_path
+from tandem.demo import sample_inputs
+from tandem.edge.client import EdgeClient
 from tandem.emulate.processes import CloudProcess, EdgeProcess, free_port
 from tandem.emulate.relay import ShapingRelay
 from tandem.emulate.shaping import LinkState
 from tandem.errors import ConfigError, TandemError
+from tandem.runtime.seq2seq import Seq2Seq
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +411,7 @@ def edge_yaml(cfg: ChaosConfig, bundle: Path, socket: Path, cloud_address: str) 
 
 
 def _ask(
-    client,
+    client: EdgeClient,
     text: str,
     target: str | None,
     record: StreamRecord,
@@ -445,10 +448,6 @@ def run_chaos(
         with tempfile.TemporaryDirectory(prefix="tandem-chaos-") as tmp:
             return run_chaos(cfg, Path(tmp), say)
     workdir.mkdir(parents=True, exist_ok=True)
-    from tandem.demo import sample_inputs
-    from tandem.edge.client import EdgeClient
-    from tandem.runtime.seq2seq import Seq2Seq
-
     path = bundle_path(cfg.bundle)
     reference = Seq2Seq.load(path)
     inputs = sample_inputs(cfg.requests, sorted(reference.manifest.languages), cfg.seed)

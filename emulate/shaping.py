@@ -17,10 +17,14 @@ Models, and why:
   banks no credit: a link cannot send faster later for having been idle.
 - **Delay**: each segment arrives ``delay_ms`` after it left the serializer.
 - **Loss** (the kernel here has no netem, and the relay terminates TCP on both sides, so bytes
-  are never really dropped): each segment is lost with probability ``loss``; TCP would resend
-  it, so a lost segment arrives one retransmission timeout later,
-  ``rto_ms = max(200 ms, 2 x RTT)`` (Linux's minimum RTO is 200 ms; RTT = 2 x delay). Delivery
-  stays in order, so later segments wait behind it (head-of-line blocking, as in TCP).
+  are never really dropped): the simulator's model (``tandem.sim.link``), so that the two
+  price a loss alike and the fidelity bench compares the rest. Each uplink segment is lost
+  with probability ``loss``; a lost segment arrives one RTT late (fast retransmit), and
+  delivery stays in order, so later segments wait behind it (head-of-line blocking, as in
+  TCP) and several losses of one transfer cost about one RTT, as in the simulator's one draw
+  per transfer. The downlink (the small token messages) loses nothing, as in the simulator.
+  Real TCP can do worse (a lost last segment waits for a timeout of 200 ms or more); that is
+  a limit of both models, not a difference between them.
 - **Partition** (100 % loss): nothing leaves the serializer and nothing in flight arrives; the
   bytes are held, not dropped, and flow again when the partition ends — what TCP does once a
   blackholed path comes back (the in-flight bytes are resent and arrive one delay after the
@@ -42,8 +46,6 @@ log = logging.getLogger(__name__)
 
 MSS_BYTES = 1400
 """Segment size: the unit of serialization and of loss draws (a typical TCP MSS)."""
-MIN_RTO_MS = 200.0
-"""Linux's minimum retransmission timeout (``TCP_RTO_MIN``)."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class LinkState:
     down_bps: float | None = None
     """Rate upstream -> client in bit/s; None: unshaped, 0: stalled."""
     loss: float = 0.0
-    """Probability that a segment is lost (and arrives one RTO late)."""
+    """Probability that an uplink segment is lost (and arrives one RTT late)."""
     partitioned: bool = False
     """100 % loss: bytes are held (not delivered, not dropped) until it ends."""
 
@@ -86,9 +88,9 @@ class LinkState:
         return 2.0 * self.delay_ms
 
     @property
-    def rto_ms(self) -> float:
-        """What one lost segment costs: TCP's retransmission timeout for this RTT."""
-        return max(MIN_RTO_MS, 2.0 * self.rtt_ms)
+    def loss_penalty_ms(self) -> float:
+        """What a lost segment costs: one RTT (fast retransmit), as the simulator prices it."""
+        return self.rtt_ms
 
     def rate_bps(self, direction: str) -> float | None:
         """``up_bps`` or ``down_bps`` by direction name (``up``/``down``)."""
@@ -96,18 +98,22 @@ class LinkState:
 
 
 def segment_delivery_s(
-    depart_s: float, nbytes: int, state: LinkState, rng: np.random.Generator
+    depart_s: float,
+    nbytes: int,
+    state: LinkState,
+    rng: np.random.Generator,
+    direction: str = "up",
 ) -> float:
     """When a chunk of ``nbytes`` that left the serializer at ``depart_s`` arrives.
 
-    One loss draw per MSS segment of the chunk; any loss costs one RTO (TCP recovers every
-    loss of one window in one retransmission round).
+    Uplink only: one loss draw per MSS segment of the chunk; any loss costs one RTT
+    (``LinkState.loss_penalty_ms``). The downlink loses nothing (see the module docstring).
     """
     arrive = depart_s + state.delay_ms / 1000.0
-    if state.loss > 0 and nbytes > 0:
+    if direction == "up" and state.loss > 0 and nbytes > 0:
         segments = max(1, math.ceil(nbytes / MSS_BYTES))
         if bool((rng.random(segments) < state.loss).any()):
-            arrive += state.rto_ms / 1000.0
+            arrive += state.loss_penalty_ms / 1000.0
     return arrive
 
 
@@ -207,7 +213,7 @@ class Pipe:
     def _depart(self, depart_s: float, data: bytes, state: LinkState) -> None:
         if not data:
             return
-        arrive = segment_delivery_s(depart_s, len(data), state, self._rng)
+        arrive = segment_delivery_s(depart_s, len(data), state, self._rng, self.direction)
         arrive = max(arrive, self._last_arrival)  # TCP delivers in order
         self._last_arrival = arrive
         self._flight.append((arrive, data))
@@ -247,4 +253,4 @@ class Pipe:
         return min(times) if times else None
 
 
-__all__ = ["MIN_RTO_MS", "MSS_BYTES", "LinkState", "Pipe", "segment_delivery_s"]
+__all__ = ["MSS_BYTES", "LinkState", "Pipe", "segment_delivery_s"]

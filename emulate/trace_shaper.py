@@ -59,7 +59,7 @@ class ShaperConfig:
     base_rtt_ms: float = 60.0
     """Round trip where the trace has no measured RTT; half of it is added each way."""
     loss: float = 0.0
-    """Per-segment loss probability (each loss costs one RTO; see ``shaping.py``)."""
+    """Per-segment uplink loss probability (each loss costs one RTT; see ``shaping.py``)."""
     rtt_jitter: float = 0.0
     """Sigma of a log-normal factor on the RTT, drawn afresh every tick (0: none)."""
     partitions: tuple[Partition, ...] = ()

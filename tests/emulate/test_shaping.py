@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tandem.emulate.shaping import MIN_RTO_MS, MSS_BYTES, LinkState, Pipe, segment_delivery_s
+from tandem.emulate.shaping import MSS_BYTES, LinkState, Pipe, segment_delivery_s
 from tandem.errors import ConfigError
 
 
@@ -44,9 +44,9 @@ def test_link_state_rejects_bad_fields(kwargs, message):
     assert message in str(err.value)
 
 
-def test_rto_is_at_least_linux_minimum_and_two_rtts():
-    assert LinkState(delay_ms=10).rto_ms == MIN_RTO_MS
-    assert LinkState(delay_ms=100).rto_ms == 400.0  # 2 x RTT of 200 ms
+def test_a_loss_costs_one_rtt_as_in_the_simulator():
+    assert LinkState(delay_ms=10).loss_penalty_ms == 20.0
+    assert LinkState(delay_ms=100).loss_penalty_ms == 200.0
 
 
 def test_rate_prices_every_segment_and_delay_adds_once():
@@ -117,13 +117,15 @@ def test_partition_holds_bytes_in_flight_and_heals_without_loss():
     assert pipe.pop_due(2.1, state) == b"abcdef"  # one delay after the heal, in order
 
 
-def test_loss_costs_one_rto_and_keeps_order():
+def test_uplink_loss_costs_one_rtt_and_keeps_order():
     rng = np.random.default_rng(1)
     state = LinkState(delay_ms=30, loss=0.5)
     times = [segment_delivery_s(0.0, MSS_BYTES, state, rng) for _ in range(400)]
     late = [t for t in times if t > 0.031]
-    assert set(np.round(times, 6)) == {0.03, 0.23}  # delay, or delay + RTO (200 ms)
+    assert set(np.round(times, 6)) == {0.03, 0.09}  # delay, or delay + one RTT (60 ms)
     assert 0.4 < len(late) / len(times) < 0.6
+    down = [segment_delivery_s(0.0, MSS_BYTES, state, rng, "down") for _ in range(100)]
+    assert set(np.round(down, 6)) == {0.03}  # the downlink loses nothing, as in the simulator
     pipe = Pipe("up", np.random.default_rng(3))
     for k in range(50):
         pipe.push(k * 0.001, bytes([k]) * 10)
@@ -135,8 +137,10 @@ def test_loss_costs_one_rto_and_keeps_order():
 def test_loss_draws_per_segment():
     """A 10-segment chunk at 10% loss is late with probability 1 - 0.9**10 = 65%."""
     rng = np.random.default_rng(2)
-    state = LinkState(loss=0.1)
-    late = np.mean([segment_delivery_s(0.0, 10 * MSS_BYTES, state, rng) > 0 for _ in range(2000)])
+    state = LinkState(delay_ms=5, loss=0.1)
+    late = np.mean(
+        [segment_delivery_s(0.0, 10 * MSS_BYTES, state, rng) > 0.006 for _ in range(2000)]
+    )
     assert late == pytest.approx(1 - 0.9**10, abs=0.04)
 
 

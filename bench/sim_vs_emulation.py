@@ -13,7 +13,14 @@ only that, measured first:
   serves both);
 - the scenario the emulator really runs: one request decoded at a time in the cloud, no cloud
   queue, this machine's load (idle as far as the simulator knows), the link's base RTT, loss
-  and jitter, the policy's own config (priors, deadline, codec) on both sides.
+  and jitter, the policy's own config (priors, deadline, codec) on both sides;
+- the fixed cost of a request outside the model runs (``Profile.request_overhead_ms``), which
+  ``tandem profile`` cannot see: the agent's local API, tokenization and Python pipeline on
+  every request, the service's gRPC handling and codec on cloud requests. It is calibrated on
+  an *ideal* link (unlimited rate, no delay, no loss) with requests of another seed: the real
+  daemons' mean latency there minus the simulator's, always-local for the device and
+  always-cloud for the cloud. The traces never enter the calibration; the agent and the
+  simulator then both get the calibrated profiles.
 
 ``--quick``: 3 traces x 2 policies, about 4 minutes. The last line is one JSON object with
 ``max_rel_err``.
@@ -68,6 +75,56 @@ def measure_profile(out: Path, quick: bool) -> Path:
     return out
 
 
+CALIBRATION_REQUESTS = 20
+CALIBRATION_SEED_OFFSET = 1000
+"""Calibration requests come from another seed than the measured runs."""
+
+
+def calibrate_overheads(profile_path: Path, mode: str, args, workdir: Path) -> tuple[float, float]:
+    """(device, cloud) fixed per-request costs in ms, real daemons minus simulator, ideal link."""
+    from tandem.defaults import bundle_path
+    from tandem.emulate.inputs import match_inputs
+    from tandem.emulate.runner import run_emulation
+    from tandem.policy import PolicyConfig
+    from tandem.runtime.seq2seq import Seq2Seq
+    from tandem.sim.link import LinkConfig
+    from tandem.sim.profiles import load_profile
+    from tandem.sim.runner import Scenario, make_draws, simulate
+    from tandem.sim.trace import parse_trace
+
+    ideal = parse_trace("t_s,bandwidth_mbps\n0,10000\n1,10000\n", "ideal", 1.0)
+    scenario = Scenario(
+        device_speed_factor=1.0, load="idle", rate_per_s=args.rate, cloud_batch=1,
+        cloud_queue_ms=0.0, link=LinkConfig(base_rtt_ms=0.0, rtt_jitter=0.0, loss_rate=0.0),
+    )  # fmt: skip
+    cfg = PolicyConfig()
+    seed = args.seed + CALIBRATION_SEED_OFFSET
+    draws = make_draws(CALIBRATION_REQUESTS, scenario, seed)
+    inputs = match_inputs(Seq2Seq.load(bundle_path()), draws.workload.requests, seed=seed)
+    profile = load_profile(profile_path)
+    gaps = {}
+    for policy in ("always_local", "always_cloud"):
+        sim = simulate(ideal, policy, draws, scenario, profile, profile, cfg)
+        emu, _ = run_emulation(
+            ideal, policy, draws, inputs, scenario, cfg, profile_path, profile_path, mode,
+            seed=seed, workdir=workdir / policy,
+        )  # fmt: skip
+        gaps[policy] = float(np.nanmean(emu.latency_ms) - sim.latency_ms.mean())
+    device = max(0.0, gaps["always_local"])
+    cloud = max(0.0, gaps["always_cloud"] - device)
+    return device, cloud
+
+
+def with_overhead(profile_path: Path, overhead_ms: float, out: Path) -> Path:
+    """A copy of a profile file with ``request_overhead_ms`` set."""
+    import yaml
+
+    data = yaml.safe_load(profile_path.read_text())
+    data["request_overhead_ms"] = round(overhead_ms, 3)
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 traces x 2 policies")
@@ -97,8 +154,16 @@ def main() -> int:
     print(f"mode {mode}: {why}; {caps.summary()}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="tandem-fidelity-") as tmp:
-        profile_path = measure_profile(Path(tmp) / "profile.yaml", args.quick)
-        profile = load_profile(profile_path)
+        measured = measure_profile(Path(tmp) / "profile.yaml", args.quick)
+        device_ms, cloud_ms = calibrate_overheads(measured, mode, args, Path(tmp))
+        print(
+            f"calibrated on an ideal link: device {device_ms:.2f} ms, cloud {cloud_ms:.2f} ms "
+            "per request outside the model runs",
+            flush=True,
+        )
+        device_path = with_overhead(measured, device_ms, Path(tmp) / "device.yaml")
+        cloud_path = with_overhead(measured, cloud_ms, Path(tmp) / "cloud.yaml")
+        device_profile, cloud_profile = load_profile(device_path), load_profile(cloud_path)
         scenario = Scenario(
             device_speed_factor=1.0, load="idle", rate_per_s=args.rate, cloud_batch=1,
             cloud_queue_ms=0.0,
@@ -112,9 +177,9 @@ def main() -> int:
         for name in names:
             trace = load_trace(folder / name)
             for policy in policies:
-                sim = simulate(trace, policy, draws, scenario, profile, profile, cfg)
+                sim = simulate(trace, policy, draws, scenario, device_profile, cloud_profile, cfg)
                 emu, info = run_emulation(
-                    trace, policy, draws, inputs, scenario, cfg, profile_path, profile_path,
+                    trace, policy, draws, inputs, scenario, cfg, device_path, cloud_path,
                     mode, seed=args.seed,
                 )  # fmt: skip
                 sim_mean = float(sim.latency_ms.mean())
@@ -160,6 +225,8 @@ def main() -> int:
                 "requests": n,
                 "rate_per_s": args.rate,
                 "runs": len(rows),
+                "device_overhead_ms": round(device_ms, 3),
+                "cloud_overhead_ms": round(cloud_ms, 3),
                 "max_rel_err": max_err,
                 "mean_rel_err": round(float(np.mean([r["rel_err"] for r in rows])), 3),
                 "target_rel_err": TARGET_REL_ERR,

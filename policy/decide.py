@@ -118,7 +118,8 @@ def predict_costs(
         first_step = cloud.step_ms(obs.cloud_batch, 1)
     # The downlink is not measured; the uplink stands in for it (cellular downlinks are faster).
     stream_ms = n * cfg.token_bytes * 8000.0 / bw_low if bw_low > 0 else math.inf
-    at_cloud = obs.cloud_queue_ms + cloud.encoder_ms(obs.src_len)  # queue + cache init
+    # queue + the service's fixed cost + cache init
+    at_cloud = obs.cloud_queue_ms + cloud.request_overhead_ms + cloud.encoder_ms(obs.src_len)
     cloud_ms = upload_ms + rtt + at_cloud + max(cloud_decode, stream_ms)
     ttft_ms = upload_typical_ms + rtt + at_cloud + first_step
     hedge = cfg.hedge_factor * ttft_ms + cfg.hedge_slack_ms if cfg.hedge else None

@@ -29,7 +29,16 @@ log = logging.getLogger(__name__)
 FORMAT = "tandem-profile/1"
 
 _TOP_KEYS = frozenset(
-    {"format", "model", "host", "encoder_ms", "decoder_step_ms", "part_bytes", "peak_rss_mb"}
+    {
+        "format",
+        "model",
+        "host",
+        "encoder_ms",
+        "decoder_step_ms",
+        "part_bytes",
+        "peak_rss_mb",
+        "request_overhead_ms",
+    }
 )
 
 
@@ -58,6 +67,12 @@ class Profile:
     token, sorted. ``position`` is the 1-based index of the generated token."""
     description: str = ""
     fingerprint: str = ""
+    request_overhead_ms: float = 0.0
+    """Fixed cost of one request outside the model runs: on a device, the agent's local API,
+    tokenization and detokenization (every request pays it, whichever route); in a cloud
+    profile, the service's gRPC handling, codec and scheduling (cloud requests pay it).
+    ``tandem profile`` times model runs only and leaves it 0; a measured value comes from
+    running the real daemons (``bench/sim_vs_emulation.py`` calibrates it on an ideal link)."""
     _batches: tuple[int, ...] = field(init=False, repr=False, compare=False)
     _curves: tuple[tuple[tuple[float, ...], tuple[float, ...]], ...] = field(
         init=False, repr=False, compare=False
@@ -70,6 +85,11 @@ class Profile:
     def __post_init__(self) -> None:
         if self.hidden_size <= 0:
             raise ConfigError(f"profile: model.hidden_size must be > 0, got {self.hidden_size}")
+        if not (self.request_overhead_ms >= 0 and math.isfinite(self.request_overhead_ms)):
+            raise ConfigError(
+                f"profile: request_overhead_ms must be a finite number >= 0, "
+                f"got {self.request_overhead_ms}"
+            )
         if not self.encoder_points:
             raise ConfigError("profile: encoder_ms needs at least one point")
         if not self.decoder_points:
@@ -172,6 +192,7 @@ class Profile:
             decoder_points=tuple((b, p, ms * factor) for b, p, ms in self.decoder_points),
             description=f"{self.description} (scaled x{factor:g})".strip(),
             fingerprint=self.fingerprint,
+            request_overhead_ms=self.request_overhead_ms * factor,
         )
 
     @classmethod
@@ -206,9 +227,18 @@ class Profile:
                 decoder_points=tuple((int(b), float(p), float(ms)) for b, p, ms in decoder),
                 description=str(host.get("description", "")),
                 fingerprint=str(model.get("fingerprint", "")),
+                request_overhead_ms=_number(
+                    data.get("request_overhead_ms", 0.0), f"{where}: request_overhead_ms"
+                ),
             )
         except ConfigError as exc:
             raise ConfigError(f"{where}: {str(exc).removeprefix('profile: ')}") from None
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    return float(value)
 
 
 def _points(rows: Any, keys: tuple[str, ...], where: str) -> list[tuple[float, ...]]:

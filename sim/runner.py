@@ -350,7 +350,9 @@ def simulate(
             req.steps,
             rtt_ms=rtt_ms_at(trace, link, t_e, float(draws.rtt_jitter[i])),
             lost=loses_packet(nbytes, link, float(draws.loss_uniform[i])),
-            cloud_wait_ms=float(draws.queue_ms[i]) + cloud.encoder_ms(req.src_len),
+            cloud_wait_ms=float(draws.queue_ms[i])
+            + cloud.request_overhead_ms
+            + cloud.encoder_ms(req.src_len),
             cloud_decode_ms=cloud.decode_ms(req.steps, scenario.cloud_batch),
             token_bytes=cfg.token_bytes,
         )
@@ -430,7 +432,9 @@ def simulate(
                 budget_left -= sent[i]
             if not oracle:
                 _learn_call(learn, tl, trace, t_e, nbytes, late, abandon, done)
-        latency[i] = (finish - req.arrival_s) * 1000.0
+        # The device's fixed per-request cost (its local API, tokenization) is paid whichever
+        # route serves the request, outside the compute lanes.
+        latency[i] = (finish - req.arrival_s) * 1000.0 + device.request_overhead_ms
         if not oracle:
             learn(finish, "length", (req.lang, req.src_len, req.steps))
 

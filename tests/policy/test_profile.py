@@ -55,6 +55,12 @@ def test_scaled_multiplies_every_time():
     assert q.decode_ms(37, batch=8) == pytest.approx(4 * p.decode_ms(37, batch=8))
     with pytest.raises(ConfigError):
         p.scaled(0)
+    r = Profile.from_dict({**DOC, "request_overhead_ms": 1.5})
+    assert r.request_overhead_ms == 1.5 and r.scaled(2.0).request_overhead_ms == 3.0
+
+
+def test_request_overhead_is_optional_and_zero_by_default():
+    assert Profile.from_dict(DOC).request_overhead_ms == 0.0
 
 
 @pytest.mark.parametrize(
@@ -66,6 +72,8 @@ def test_scaled_multiplies_every_time():
         (("decoder_step_ms", 0, "ms"), -1.0, "decoder point"),
         (("decoder_step_ms", 0), {"batch": 1, "ms": 1.0}, r"decoder_step_ms\[0\]"),
         (("extra",), 1, "unknown keys"),
+        (("request_overhead_ms",), "fast", "request_overhead_ms must be a number"),
+        (("request_overhead_ms",), -1.0, "request_overhead_ms must be a finite number >= 0"),
     ],
 )
 def test_invalid_documents_raise_config_error(path, value, message):

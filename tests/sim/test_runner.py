@@ -127,3 +127,25 @@ def test_run_experiment_always_computes_the_oracle(trace, device_profile, cloud_
     )
     assert [r.policy for r in results] == ["cost_model"]
     assert set(oracles) == {trace.name}
+
+
+def test_fixed_request_costs_of_device_and_cloud(trace, device, cloud_profile, draws):
+    """The device's overhead adds to every request; the cloud's to cloud requests only, and the
+    cost model prices it (a dearer cloud is chosen less often)."""
+    base = run(trace, "always_local", draws, device, cloud_profile)
+    slow_api = dataclasses.replace(device, request_overhead_ms=3.0)
+    assert np.allclose(
+        run(trace, "always_local", draws, slow_api, cloud_profile).latency_ms,
+        base.latency_ms + 3.0,
+    )
+    dear = dataclasses.replace(cloud_profile, request_overhead_ms=40.0)
+    assert np.array_equal(
+        run(trace, "always_local", draws, device, dear).latency_ms, base.latency_ms
+    )
+    cloud = run(trace, "always_cloud", draws, device, cloud_profile)
+    cloud_dear = run(trace, "always_cloud", draws, device, dear)
+    assert cloud_dear.latency_ms.mean() > cloud.latency_ms.mean() + 30.0
+    assert (
+        run(trace, "cost_model", draws, device, dear).cloud.mean()
+        < run(trace, "cost_model", draws, device, cloud_profile).cloud.mean()
+    )

@@ -218,7 +218,9 @@ class DecodeBatch:
                 results[i] = result
                 if result.finish is None:
                     stay.append(j)
-            if stay:
+            if len(stay) == len(members):  # the usual case: no copies of the caches
+                merges.append(([rows[i] for i in members], present, group_cross, encoder_mask[idx]))
+            elif stay:
                 keep = np.array(stay)
                 merges.append(
                     (

@@ -8,7 +8,8 @@ soaked too. Every answer is checked against a local reference decode, so a daemo
 small by failing requests does not pass.
 
 Targets (issue 8), after warm-up: RSS growth < 10 % for both daemons, no file-descriptor
-growth, no thread growth.
+growth, no thread growth. Warm-up starts with a burst of concurrent requests (see ``burst``),
+so thread pools that grow on demand reach their working size before the baseline.
 
     python bench/soak.py [--minutes 10] [--quick] [--rate 20]
 
@@ -38,6 +39,8 @@ from tandem.runtime.seq2seq import Seq2Seq
 
 INPUT_POOL = 300
 """Distinct inputs, cycled: enough variety for every length bucket, references computed once."""
+BURST_CONCURRENCY = 8
+"""Concurrent requests in the warm-up burst: the agent's default ``max_concurrent``."""
 
 
 def main() -> int:
@@ -127,6 +130,29 @@ def main() -> int:
     return 0 if passed else 1
 
 
+def burst(edge, inputs, concurrency: int) -> None:
+    """Warm-up: ``concurrency`` requests at once, a few times over, before the steady load.
+
+    The gRPC servers' thread pools grow on demand, up to their bound, whenever a call arrives
+    while every pool thread is busy; under steady load that happens rarely (a new call racing
+    the end of the previous one), so a pool reaches its working size only after many minutes
+    and a 10-minute run would count that bounded growth as a leak. Reaching the most
+    concurrency the steady load can cause, during warm-up, sizes the pools before the baseline.
+    """
+
+    def one(n: int) -> None:
+        with EdgeClient(edge.socket, timeout_s=60.0) as client:
+            for i in range(3):
+                text, target = inputs[(n * 3 + i) % len(inputs)]
+                client.ask(text, target, local_only=i == 2)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def soak(args, edge, cloud, inputs, expected, duration_s, interval_s):
     """Run the load for ``duration_s`` while sampling both daemons every ``interval_s``."""
     counts = {"sent": 0, "answered": 0, "mismatched": 0, "cloud": 0}
@@ -156,6 +182,7 @@ def soak(args, edge, cloud, inputs, expected, duration_s, interval_s):
                     counts["mismatched"] += ok is False
                     counts["cloud"] += via_cloud == "cloud"
 
+    burst(edge, inputs, BURST_CONCURRENCY)
     threads = [threading.Thread(target=client_loop) for _ in range(args.clients)]
     for thread in threads:
         thread.start()

@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 from cloud_helpers import collect, request, stub
+from fuzzing import mutated
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -163,23 +164,6 @@ def test_arbitrary_requests_never_yield_internal(shared_server, model):
 
 
 # -- raw bytes: what gRPC hands the server before any field exists -----------------------------
-
-
-@st.composite
-def mutated(draw, valid: st.SearchStrategy) -> bytes:
-    """A serialized valid-looking message with a few bytes flipped, cut, or inserted: close
-    enough to the format that the parser gets deep before it fails (or, sometimes, succeeds)."""
-    data = bytearray(draw(valid).SerializeToString())
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, len(data)))
-        op = draw(st.sampled_from(["flip", "cut", "insert"]))
-        if op == "flip" and at < len(data):
-            data[at] ^= draw(st.integers(1, 255))
-        elif op == "cut":
-            del data[at : at + draw(st.integers(1, 16))]
-        else:
-            data[at:at] = draw(st.binary(min_size=1, max_size=8))
-    return bytes(data)
 
 
 def raw_decode(server):

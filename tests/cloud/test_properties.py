@@ -101,7 +101,11 @@ def decode_requests(draw, model):
             else:
                 tensor.CopyFrom(draw(arbitrary_tensors()))
         elif name == "shape":
-            tensor.shape[draw(st.integers(0, 1))] = draw(small_or(INT64, -1, 70))
+            value = draw(small_or(INT64, -1, 70))
+            if len(tensor.shape) == 2:
+                tensor.shape[draw(st.integers(0, 1))] = value
+            else:  # an arbitrary tensor drawn above may have fewer dimensions
+                tensor.shape.append(value)
         elif name == "data":
             tensor.data = draw(st.binary(max_size=3000))
         elif name == "enums":

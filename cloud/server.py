@@ -198,6 +198,7 @@ def create_server(
         metrics,
         replica_id,
         config.limits.default_deadline_s,
+        stream_interval_s=config.scheduler.stream_interval_ms / 1000.0,
     )
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,

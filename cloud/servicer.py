@@ -2,7 +2,9 @@
 
 A handler authenticates the caller, validates the request (``tandem.cloud.validation``),
 takes a per-client slot, submits the job to its model's engine and relays the engine's updates
-as ``DecodeEvent``s — one ``TokenChunk`` per scheduler step, then one ``DecodeFinal``. It never
+as ``DecodeEvent``s — ``TokenChunk``s (the first at once, then at most one per
+``scheduler.stream_interval_ms``, each holding the tokens decoded since), then one
+``DecodeFinal``, sent as soon as the sequence ends. It never
 runs the model itself. This is the only module that turns errors into gRPC status codes:
 ``STATUS_CODES`` below is the whole mapping, documented for clients in ``README.md ("The cloud decoder service")``.
 """
@@ -99,6 +101,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         replica_id: str,
         default_deadline_s: float,
         clock: Callable[[], float] = time.monotonic,
+        stream_interval_s: float = 0.0,
     ) -> None:
         self._engines = dict(engines)
         self._served = dict(served)
@@ -108,6 +111,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         self._replica_id = replica_id
         self._default_deadline_s = default_deadline_s
         self._clock = clock
+        self._stream_interval_s = stream_interval_s
 
     # -- Decode ------------------------------------------------------------------------------
 
@@ -187,6 +191,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
     ) -> Iterator[decoder_pb2.DecodeEvent]:
         """Engine updates -> DecodeEvents, as they come; returns when the stream ends."""
         carry: _Event = None
+        last_sent: float | None = None  # when this stream's last token message went out
         while True:
             if carry is not None:
                 item, carry = carry, None
@@ -198,7 +203,10 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
                         engine.cancel(stream)
                         return
                     continue
-            item, carry = _coalesce(item, stream)
+            hold_until = None
+            if last_sent is not None and self._stream_interval_s > 0:
+                hold_until = last_sent + self._stream_interval_s
+            item, carry = _coalesce(item, stream, hold_until, self._clock)
             if item is None:
                 return  # cancelled: the client is gone, nobody to send to
             if isinstance(item, ModelFailure):
@@ -209,6 +217,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
                 yield decoder_pb2.DecodeEvent(
                     tokens=decoder_pb2.TokenChunk(start=item.start, ids=item.tokens)
                 )
+                last_sent = self._clock()
             if item.finish is not None:
                 outcome["reason"] = item.finish
                 self._metrics.finishes.labels(served.name, item.finish).inc()
@@ -283,23 +292,30 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         context.abort(code, message)
 
 
-def _coalesce(item: _Event, stream: Stream) -> tuple[_Event, _Event]:
-    """``item`` merged with the token updates already waiting behind it, to go as one message;
-    and the first waiting event that could not be merged (a failure or cancellation), if any.
+def _coalesce(
+    item: _Event,
+    stream: Stream,
+    hold_until: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[_Event, _Event]:
+    """``item`` merged with the token updates behind it, to go as one message; and the first
+    event that could not be merged (a failure or cancellation), if any.
 
-    Why: with many streams in one batch, the engine produces a token per stream per step faster
-    than the handler threads can send a message each; every message costs the server (and the
-    client) a fixed amount of Python and HTTP/2 work, which then dominates the step itself.
-    A handler that falls behind sends what piled up in one ``TokenChunk``; one that keeps up
-    still sends every token as soon as it exists. Updates of one stream are contiguous by
-    construction (``start`` of the next = ``start + len(tokens)`` of this one).
+    Takes what is already waiting and, with ``hold_until`` (a ``clock`` time), also what
+    arrives until then — unless the stream ends first, whose final update goes at once.
+
+    Why: with many streams in one batch, the engine produces a token per stream per step; a
+    message each costs the replica (and the client) a fixed amount of Python and HTTP/2 work,
+    which then outweighs the step itself. Updates of one stream are contiguous by construction
+    (``start`` of the next = ``start + len(tokens)`` of this one).
     """
     if not isinstance(item, Update) or item.finish is not None:
         return item, None
     tokens = list(item.tokens)
     while True:
+        wait = 0.0 if hold_until is None else hold_until - clock()
         try:
-            following = stream.events.get_nowait()
+            following = stream.events.get(timeout=wait) if wait > 0 else stream.events.get_nowait()
         except queue.Empty:
             return replace(item, tokens=tuple(tokens)), None
         if not isinstance(following, Update):

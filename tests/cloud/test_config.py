@@ -27,6 +27,11 @@ def test_defaults_serve_the_default_model_on_loopback():
     assert str(config.listen) == "127.0.0.1:50051"
     assert config.bundles == () and not config.authenticates
     assert config.scheduler.max_batch >= 16
+    assert config.scheduler.stream_interval_ms == 20
+    assert (
+        parse_cloud_config({"scheduler": {"stream_interval_ms": 0}}).scheduler.stream_interval_ms
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -36,6 +41,7 @@ def test_defaults_serve_the_default_model_on_loopback():
         ({"listen": "1.2.3.4:99999"}, ["listen", "99999"]),
         ({"scheduler": {"max_batch": 0}}, ["scheduler.max_batch", "0"]),
         ({"scheduler": {"max_btach": 4}}, ["scheduler.max_btach"]),
+        ({"scheduler": {"stream_interval_ms": -5}}, ["scheduler.stream_interval_ms", "-5"]),
         ({"limits": {"default_deadline_s": -1}}, ["limits.default_deadline_s", "-1"]),
         ({"grace_period_s": "soon"}, ["grace_period_s", "soon"]),
         ({"log_format": "xml"}, ["log_format", "xml"]),

@@ -8,6 +8,7 @@ import time
 import grpc
 import numpy as np
 from cloud_helpers import collect, request, rpc_error, stub, trailers
+from faults import SlowModel
 
 from tandem.runtime import codec
 from tandem.v1 import decoder_pb2
@@ -236,7 +237,9 @@ def test_per_client_stream_limit(serve, long_model):
         call.cancel()
 
 
-def test_deadline_ends_the_stream_with_its_tokens(serve, long_model):
+def test_deadline_ends_the_stream_with_its_tokens(serve, long_bundle):
+    # 1 ms a step: 1,000 tokens take at least a second, far past the 0.3 s deadline.
+    long_model = SlowModel(long_bundle, delay_s=0.001)
     server = serve(models=[long_model], limits={"deadline_margin_ms": 100})
     req = request(long_model, [5, 6, 1], max_new_tokens=1000, min_new_tokens=1000)
     ids, final = collect(stub(server), req, timeout=0.3)

@@ -131,9 +131,19 @@ def remove_stale() -> list[str]:
     return removed
 
 
+def _burst_bytes(rate_bps: float) -> int:
+    """A token-bucket burst as small as works: one MTU, or 1 ms of the rate at high rates.
+
+    Why small: the simulator (and a real radio link) serializes every byte at the trace's
+    rate; a burst lets a small request through at line rate, and two MTUs of it made a 4 KB
+    upload about 5 ms faster than the same trace in the simulator at cellular rates.
+    """
+    return max(MTU_BYTES, int(rate_bps / 8 * 0.001))
+
+
 def tbf_args(rate_bps: float) -> list[str]:
-    """tbf parameters for ``rate_bps``: a burst of at least two MTUs (or 4 ms of the rate)."""
-    burst = max(2 * MTU_BYTES, int(rate_bps / 8 * 0.004))
+    """tbf parameters for ``rate_bps`` (burst: ``_burst_bytes``)."""
+    burst = _burst_bytes(rate_bps)
     return ["tbf", "rate", f"{max(int(rate_bps), 8)}bit", "burst", str(burst),
             "latency", f"{TBF_LATENCY_MS}ms"]  # fmt: skip
 
@@ -141,7 +151,7 @@ def tbf_args(rate_bps: float) -> list[str]:
 def htb_args(rate_bps: float) -> list[str]:
     """htb class parameters for ``rate_bps`` (ceil = rate: no borrowing), bursts as tbf's."""
     rate = f"{max(int(rate_bps), 8)}bit"
-    burst = str(max(2 * MTU_BYTES, int(rate_bps / 8 * 0.004)))
+    burst = str(_burst_bytes(rate_bps))
     return ["htb", "rate", rate, "ceil", rate, "burst", burst, "cburst", burst]
 
 

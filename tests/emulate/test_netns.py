@@ -148,7 +148,7 @@ def test_stale_namespaces_of_dead_runs_are_removed():
     assert name not in namespaces()
 
 
-def test_bursts_are_one_mtu_or_a_millisecond_of_the_rate():
-    assert tbf_args(8000)[4] == "1500"
+def test_bursts_are_one_frame_or_a_millisecond_of_the_rate():
+    assert tbf_args(8000)[4] == "1600"
     assert int(tbf_args(1e9)[4]) == 125_000
-    assert htb_args(8000)[6] == "1500" and htb_args(8000)[8] == "1500"
+    assert htb_args(8000)[6] == "1600" and htb_args(8000)[8] == "1600"

@@ -15,8 +15,6 @@ import logging
 import time
 from pathlib import Path
 
-import yaml
-
 from tandem.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -80,12 +78,12 @@ def emulated_scenario(args: argparse.Namespace):
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from tandem.commands.sim import read_policy_config
     from tandem.defaults import bundle_path
     from tandem.emulate.inputs import match_inputs
     from tandem.emulate.links import choose_mode
     from tandem.emulate.netns import remove_stale
     from tandem.emulate.runner import run_emulation
-    from tandem.policy import PolicyConfig
     from tandem.runtime.seq2seq import Seq2Seq
     from tandem.sim.profiles import load_profile, shipped_profile_path
     from tandem.sim.report import (
@@ -100,13 +98,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     if args.requests < 1:
         raise ConfigError(f"--requests must be >= 1, got {args.requests}")
-    cfg_data = {}
-    if args.policy_config is not None:
-        try:
-            cfg_data = yaml.safe_load(args.policy_config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read --policy-config {args.policy_config}: {exc}") from exc
-    cfg = PolicyConfig.from_dict(cfg_data, where=str(args.policy_config or "policy"))
+    cfg = read_policy_config(args.policy_config)
     trace = load_trace(args.trace)
     scenario = emulated_scenario(args)
     device_path = args.device_profile or shipped_profile_path("device")

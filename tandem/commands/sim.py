@@ -13,10 +13,14 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from tandem.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tandem.policy import PolicyConfig
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +124,22 @@ class _Progress:
             print(f"sim: {done}/{total} runs, {elapsed:.1f}s", file=self.stream, flush=True)
 
 
+def read_policy_config(path: Path | None, overrides: dict | None = None) -> PolicyConfig:
+    """``--policy-config``: a YAML mapping of PolicyConfig keys (defaults without one), with
+    command-line ``overrides`` on top; every problem is a ``ConfigError`` naming the file."""
+    from tandem.policy import PolicyConfig
+
+    data = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read --policy-config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"--policy-config {path}: expected a mapping of policy keys")
+    return PolicyConfig.from_dict({**data, **(overrides or {})}, where=str(path or "policy"))
+
+
 def run_command(args: argparse.Namespace) -> int:
     if args.traces is None:
         print(TRACES_HELP)
@@ -127,7 +147,6 @@ def run_command(args: argparse.Namespace) -> int:
     if args.out is None:
         raise ConfigError("--out DIR is required (where the tables and plots go)")
 
-    from tandem.policy import PolicyConfig
     from tandem.sim.link import LinkConfig
     from tandem.sim.profiles import load_profile, shipped_profile_path
     from tandem.sim.report import (
@@ -148,15 +167,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.requests < 1:
         raise ConfigError(f"--requests must be >= 1, got {args.requests}")
 
-    cfg_data = {}
-    if args.policy_config is not None:
-        try:
-            cfg_data = yaml.safe_load(args.policy_config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read --policy-config {args.policy_config}: {exc}") from exc
-    if args.codec is not None:
-        cfg_data = {**cfg_data, "codec": args.codec}
-    cfg = PolicyConfig.from_dict(cfg_data, where=str(args.policy_config or "policy"))
+    overrides = {"codec": args.codec} if args.codec is not None else {}
+    cfg = read_policy_config(args.policy_config, overrides)
 
     link_over = {
         k: v

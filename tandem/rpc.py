@@ -4,7 +4,8 @@ gRPC Python parses a request before any handler runs; bytes that are not a valid
 truncated frame, a bad varint, invalid UTF-8 in a string field) make the library answer
 ``INTERNAL: Exception deserializing request!`` — a status that says "the server is broken"
 for what is the caller's fault, and one the cloud's clients are told may be retried. Found by
-fuzzing both services with raw bytes (``tests/cloud/test_fuzz.py``, ``tests/edge/test_fuzz.py``).
+fuzzing both services with raw bytes (``tests/cloud/test_properties.py``,
+``tests/edge/test_fuzz.py``).
 
 ``add_service`` registers a servicer through its generated ``add_*Servicer_to_server``
 function, but with a parser that turns undecodable bytes into an ``Undecodable`` value instead

@@ -252,6 +252,23 @@ def _tandem_runner(path: Path, threads: int):
     return run
 
 
+def _hf_generate(model, src: list[int], new: int) -> tuple[list[int], float]:
+    """One forced-length greedy ``generate`` of a Hugging Face-style model: (ids, wall ms).
+    optimum and transformers are called exactly alike, so their times compare."""
+    import torch
+
+    input_ids = torch.tensor([src])
+    start = time.perf_counter()
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=new,
+        min_new_tokens=new,
+    )
+    total_ms = (time.perf_counter() - start) * 1000
+    return out[0, 1:].tolist(), total_ms
+
+
 def _optimum_runner(path: Path, threads: int, torch_threads: int | None):
     import onnxruntime as ort
     import torch
@@ -274,18 +291,10 @@ def _optimum_runner(path: Path, threads: int, torch_threads: int | None):
     def run(src: list[int], new: int) -> dict[str, Any]:
         for session in timed.values():
             session.reset()
-        input_ids = torch.tensor([src])
-        start = time.perf_counter()
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=new,
-            min_new_tokens=new,
-        )
-        total = (time.perf_counter() - start) * 1000
+        ids, total = _hf_generate(model, src, new)
         encoder, first, steps = (timed[p].times_ms for p in parts)
         return {
-            "ids": out[0, 1:].tolist(),
+            "ids": ids,
             "total_ms": total,
             "encoder_ms": sum(encoder),
             "first_ms": sum(first),
@@ -321,18 +330,10 @@ def _transformers_runner(path: Path, threads: int):
     def run(src: list[int], new: int) -> dict[str, Any]:
         for times in calls.values():
             times.clear()
-        input_ids = torch.tensor([src])
-        start = time.perf_counter()
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=new,
-            min_new_tokens=new,
-        )
-        total = (time.perf_counter() - start) * 1000
+        ids, total = _hf_generate(model, src, new)
         steps = calls["decoder"]
         return {
-            "ids": out[0, 1:].tolist(),
+            "ids": ids,
             "total_ms": total,
             "encoder_ms": sum(calls["encoder"]),
             "first_ms": steps[0],

@@ -575,6 +575,18 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     window_t, window_tokens, window_steps, window_loss = time.monotonic(), 0, 0, 0.0
     accuracy: dict[str, float] = {}
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(
+            ckpt_path,
+            model,
+            optimizer,
+            scheduler,
+            step,
+            stream,
+            wall_before_s + time.monotonic() - t_start,
+        )
+
     while step < plan.total_steps:
         batch = stream.next()
         window_tokens += int((batch["labels"] != -100).sum())
@@ -596,15 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             window_t, window_tokens, window_steps, window_loss = time.monotonic(), 0, 0, 0.0
         if step % plan.ckpt_every_steps == 0 or step == plan.total_steps:
-            save_checkpoint(
-                ckpt_path,
-                model,
-                optimizer,
-                scheduler,
-                step,
-                stream,
-                wall_before_s + time.monotonic() - t_start,
-            )
+            checkpoint(step)
             log.info("checkpoint step %d", step)
         if step % plan.eval_every_steps == 0 and step < plan.total_steps:
             accuracy = evaluate(model, tokenizer, heldout[: cfg.eval_examples], cfg)
@@ -612,15 +616,7 @@ def main(argv: list[str] | None = None) -> int:
             save_hf(model, tokenizer, out / "hf_latest")
             window_t = time.monotonic()
         if args.stop_after_steps is not None and step >= args.stop_after_steps:
-            save_checkpoint(
-                ckpt_path,
-                model,
-                optimizer,
-                scheduler,
-                step,
-                stream,
-                wall_before_s + time.monotonic() - t_start,
-            )
+            checkpoint(step)
             log.info("stopping early at step %d (checkpoint saved)", step)
             return 0
 

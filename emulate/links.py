@@ -5,10 +5,11 @@ Two ways to build the emulated link, one interface (``set_state``, ``start_cloud
 
 - ``LoopbackLink`` (no root): cloud and agent on 127.0.0.1, the agent dialling a
   ``ShapingRelay`` that does everything — rate, delay, loss, partitions.
-- ``NetnsLink`` (root, iproute2, tbf): the agent in one namespace, the cloud and the relay in
-  another, a veth pair between them. The kernel's ``tbf`` shapes the rate of each direction;
-  the relay adds delay, loss and partitions, and stalls a direction whose rate is 0 (a qdisc
-  needs a rate > 0).
+- ``NetnsLink`` (root, iproute2, htb or tbf): the agent in one namespace, the cloud and the
+  relay in another, a veth pair between them. A kernel qdisc shapes the rate of each
+  direction; the relay adds delay, loss and partitions, stalls a direction whose rate is 0 (a
+  qdisc needs a rate > 0), and adds to each uplink chunk the transmission time the token
+  bucket skips (``LinkState.kernel_up_bps``).
 
 ``choose_mode`` turns ``auto`` into one of them from the detected capabilities and says why.
 """
@@ -174,6 +175,7 @@ class NetnsLink:
                 state,
                 up_bps=0.0 if state.up_bps == 0 else None,
                 down_bps=0.0 if state.down_bps == 0 else None,
+                kernel_up_bps=self.pair.rates[0],
             )
         )
 

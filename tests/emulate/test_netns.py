@@ -148,7 +148,75 @@ def test_stale_namespaces_of_dead_runs_are_removed():
     assert name not in namespaces()
 
 
-def test_bursts_are_one_frame_or_a_millisecond_of_the_rate():
+def test_bursts_are_a_millisecond_of_the_rate_and_one_frame_for_tbf():
     assert tbf_args(8000)[4] == "1600"
     assert int(tbf_args(1e9)[4]) == 125_000
-    assert htb_args(8000)[6] == "1600" and htb_args(8000)[8] == "1600"
+    assert htb_args(8e5)[6] == "100" and htb_args(8e5)[8] == "100"
+    assert htb_args(1e9)[6] == "125000"
+
+
+def upload_time_s(ns: str, address: tuple[str, int], nbytes: int) -> float:
+    """Send ``nbytes`` and wait for the peer's one-byte receipt (the uplink alone is timed)."""
+    sock = socket_in(ns)
+    sock.settimeout(20)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.connect(address)
+    time.sleep(0.3)  # idle: the bucket is full
+    start = time.monotonic()
+    sock.sendall(b"u" * nbytes)
+    assert sock.recv(1) == b"k"
+    elapsed = time.monotonic() - start
+    sock.close()
+    return elapsed
+
+
+def receipt_in(ns: str, address: tuple[str, int], nbytes: int) -> socket.socket:
+    """A listener in ``ns`` that answers one byte once it has read ``nbytes``."""
+    listener = socket_in(ns)
+    listener.bind(address)
+    listener.listen()
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                got = 0
+                while got < nbytes and (data := conn.recv(65536)):
+                    got += len(data)
+                conn.sendall(b"k")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener
+
+
+@pytest.mark.parametrize("qdisc", ["htb", "tbf"])
+def test_a_small_upload_pays_the_rate_not_line_speed(qdisc):
+    """Segmentation offload once let a 4 kB request through htb in 0.2 ms at 0.5 Mbit/s."""
+    nbytes = 4216  # a typical request: three frames
+    with NamespacePair(qdisc=qdisc) as pair:
+        assert not pair.segmentation_offload
+        listener = receipt_in(pair.cloud_ns, (pair.cloud_addr, 0), nbytes)
+        pair.set_rate(0.5e6, None)
+        elapsed = upload_time_s(pair.edge_ns, (pair.cloud_addr, listener.getsockname()[1]), nbytes)
+        listener.close()
+    # a bucket lets the last frame go as soon as the one before is paid: all but one frame
+    all_but_one = (nbytes - 1448) * 8 / 0.5e6
+    assert all_but_one * 0.95 <= elapsed <= all_but_one * 1.5, elapsed
+
+
+def test_the_relay_adds_the_transmission_time_the_bucket_skips():
+    """Kernel bucket + relay = a fluid link: the last byte of 4,216 arrives at ~size / rate."""
+    nbytes = 4216
+    with NamespacePair() as pair:
+        listener = receipt_in(pair.cloud_ns, ("127.0.0.1", 0), nbytes)
+        upstream = ("127.0.0.1", listener.getsockname()[1])
+        with ShapingRelay(upstream, listen=(pair.cloud_addr, 0), netns=pair.cloud_ns) as relay:
+            pair.set_rate(0.5e6, None)
+            relay.set_state(LinkState(kernel_up_bps=0.5e6))
+            elapsed = upload_time_s(pair.edge_ns, (pair.cloud_addr, relay.port), nbytes)
+        listener.close()
+    fluid = nbytes * 8 / 0.5e6  # 67 ms; with TCP/IP headers 70 ms
+    assert fluid * 0.97 <= elapsed <= fluid * 1.3, elapsed

@@ -8,9 +8,10 @@ latency of each and their relative difference. Target: within 15 % on every trac
 Nothing is tuned to make them agree. The simulator is told what the emulated world is, and
 only that, measured first:
 
-- the profile of the shipped model on this machine, measured now with ``tandem profile`` (the
-  emulated device and cloud both run here, so the device-speed factor is 1 and one profile
-  serves both);
+- the profiles of the shipped model on this machine, measured now with ``tandem profile`` (the
+  emulated device and cloud both run here, so the device-speed factor is 1): the device's with
+  the agent's ONNX Runtime threads (all cores but one), the cloud's with the service's (one
+  per core);
 - the scenario the emulator really runs: one request decoded at a time in the cloud, no cloud
   queue, this machine's load (idle as far as the simulator knows), the link's base RTT, loss
   and jitter, the policy's own config (priors, deadline, codec) on both sides;
@@ -67,9 +68,9 @@ def traces_dir(arg: str | None) -> Path:
     return Path(env) if env else ROOT.parent / "shared" / "traces"
 
 
-def measure_profile(out: Path, quick: bool) -> Path:
-    """This machine's profile of the shipped model, by the real ``tandem profile``."""
-    argv = [sys.executable, "-m", "tandem", "profile", "--out", str(out)]
+def measure_profile(out: Path, quick: bool, threads: int) -> Path:
+    """This machine's profile of the shipped model at ``threads``, by the real ``tandem profile``."""
+    argv = [sys.executable, "-m", "tandem", "profile", "--out", str(out), "--threads", str(threads)]
     if quick:
         argv.append("--quick")
     done = subprocess.run(argv, capture_output=True, text=True, check=True)
@@ -78,7 +79,7 @@ def measure_profile(out: Path, quick: bool) -> Path:
 
 
 def calibrate_overheads(
-    profile_path: Path, mode: str, args, n: int, workdir: Path
+    device_path: Path, cloud_path: Path, mode: str, args, n: int, workdir: Path
 ) -> tuple[float, float]:
     """(device, cloud) fixed per-request costs in ms, real daemons minus simulator, ideal link.
 
@@ -105,12 +106,12 @@ def calibrate_overheads(
     seed = args.seed
     draws = make_draws(n, scenario, seed)
     inputs = match_inputs(Seq2Seq.load(bundle_path()), draws.workload.requests, seed=seed)
-    profile = load_profile(profile_path)
+    device, cloud = load_profile(device_path), load_profile(cloud_path)
     gaps = {}
     for policy in ("always_local", "always_cloud"):
-        sim = simulate(ideal, policy, draws, scenario, profile, profile, cfg)
+        sim = simulate(ideal, policy, draws, scenario, device, cloud, cfg)
         emu, _ = run_emulation(
-            ideal, policy, draws, inputs, scenario, cfg, profile_path, profile_path, mode,
+            ideal, policy, draws, inputs, scenario, cfg, device_path, cloud_path, mode,
             seed=seed, workdir=workdir / policy,
         )  # fmt: skip
         gaps[policy] = float(np.nanmean(emu.latency_ms) - sim.latency_ms.mean())
@@ -119,9 +120,8 @@ def calibrate_overheads(
             f"(no fixed costs) {sim.latency_ms.mean():.1f} ms",
             flush=True,
         )
-    device = max(0.0, gaps["always_local"])
-    cloud = max(0.0, gaps["always_cloud"] - device)
-    return device, cloud
+    device_ms = max(0.0, gaps["always_local"])
+    return device_ms, max(0.0, gaps["always_cloud"] - device_ms)
 
 
 def with_overhead(profile_path: Path, overhead_ms: float, out: Path) -> Path:
@@ -145,6 +145,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from tandem.defaults import bundle_path
+    from tandem.edge.config import default_intra_op_threads
     from tandem.emulate.inputs import match_inputs
     from tandem.emulate.links import choose_mode
     from tandem.emulate.runner import run_emulation
@@ -163,15 +164,21 @@ def main() -> int:
     print(f"mode {mode}: {why}; {caps.summary()}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="tandem-fidelity-") as tmp:
-        measured = measure_profile(Path(tmp) / "profile.yaml", args.quick)
-        device_ms, cloud_ms = calibrate_overheads(measured, mode, args, n, Path(tmp))
+        tmpdir = Path(tmp)
+        device_measured = measure_profile(
+            tmpdir / "device-measured.yaml", args.quick, default_intra_op_threads()
+        )
+        cloud_measured = measure_profile(tmpdir / "cloud-measured.yaml", args.quick, 0)
+        device_ms, cloud_ms = calibrate_overheads(
+            device_measured, cloud_measured, mode, args, n, tmpdir
+        )
         print(
             f"calibrated on an ideal link: device {device_ms:.2f} ms, cloud {cloud_ms:.2f} ms "
             "per request outside the model runs",
             flush=True,
         )
-        device_path = with_overhead(measured, device_ms, Path(tmp) / "device.yaml")
-        cloud_path = with_overhead(measured, cloud_ms, Path(tmp) / "cloud.yaml")
+        device_path = with_overhead(device_measured, device_ms, tmpdir / "device.yaml")
+        cloud_path = with_overhead(cloud_measured, cloud_ms, tmpdir / "cloud.yaml")
         device_profile, cloud_profile = load_profile(device_path), load_profile(cloud_path)
         scenario = Scenario(
             device_speed_factor=1.0, load="idle", rate_per_s=args.rate, cloud_batch=1,

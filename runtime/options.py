@@ -64,6 +64,8 @@ class SessionConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "session") -> SessionConfig:
         """Build from a YAML mapping, rejecting unknown keys so typos never pass silently."""
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
         data = dict(data or {})
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tandem.edge.config import edge_config_from_dict, load_edge_config
+from tandem.edge.config import default_intra_op_threads, edge_config_from_dict, load_edge_config
 from tandem.errors import ConfigError
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "edge.yaml"
@@ -17,6 +17,21 @@ def test_defaults_are_valid():
     assert config.cloud.addresses == ("127.0.0.1:50051",)
     assert config.socket_mode == 0o600
     assert config.policy.policy == "cost_model"
+
+
+def test_onnx_runtime_leaves_one_core_to_the_app_and_the_agents_io(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr("psutil.cpu_count", lambda logical=True: 4 if logical else 2)
+    assert default_intra_op_threads() == 1  # 2 physical cores of 4 hyperthreads
+    monkeypatch.setattr("psutil.cpu_count", lambda logical=True: 8 if logical else 8)
+    assert default_intra_op_threads() == 3  # only 4 cores are ours (affinity)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    assert default_intra_op_threads() == 1  # never 0: that would mean "every core"
+    assert load_edge_config(None).session.intra_op_threads == 1
+    # the default fills in only what the file leaves out
+    config = edge_config_from_dict({"session": {"allow_spinning": False}})
+    assert config.session.intra_op_threads == 1 and not config.session.allow_spinning
+    assert edge_config_from_dict({"session": {"intra_op_threads": 0}}).session.intra_op_threads == 0
 
 
 def test_shipped_example_parses(monkeypatch):
@@ -45,6 +60,8 @@ def test_shipped_example_parses(monkeypatch):
         ({"socket_mode": "rw"}, "socket_mode must be octal"),
         ({"policy": {"policy": "fastest"}}, "policy must be one of"),
         ({"session": {"providers": ["NoSuchProvider"]}}, "not available"),
+        ({"session": ["threads"]}, "session: expected a mapping, got list"),
+        ({"session": {"intra_op_threads": -1}}, "intra_op_threads must be >= 0, got -1"),
         ({"device_speed_factor": 0}, "device_speed_factor must be a number > 0"),
         ("just a string", "top level must be a mapping"),
     ],

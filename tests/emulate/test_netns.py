@@ -20,6 +20,7 @@ from tandem.emulate.netns import (
     tbf_args,
 )
 from tandem.emulate.relay import LinkState, ShapingRelay
+from tandem.errors import ConfigError, TandemError
 
 pytestmark = [
     pytest.mark.netns,
@@ -220,3 +221,24 @@ def test_the_relay_adds_the_transmission_time_the_bucket_skips():
         listener.close()
     fluid = nbytes * 8 / 0.5e6  # 67 ms; with TCP/IP headers 70 ms
     assert fluid * 0.97 <= elapsed <= fluid * 1.3, elapsed
+
+
+def test_rate_changes_go_through_one_tc_batch_per_namespace_and_errors_name_tc():
+    with NamespacePair() as pair:
+        batches = {ns: b.proc.pid for ns, b in pair._tc.items()}
+        for k in range(20):
+            pair.set_rate(1e6 + k * 1000, 2e6 + k * 1000)
+        assert {ns: b.proc.pid for ns, b in pair._tc.items()} == batches  # no new processes
+        shown = subprocess.run(
+            ["tc", "-n", pair.edge_ns, "class", "show", "dev", pair.edge_if],
+            capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        assert "rate 1019Kbit" in shown, shown
+        with pytest.raises(TandemError, match='failed: Cannot find device "nosuch"'):
+            pair._tc[pair.edge_ns].change(["class", "change", "dev", "nosuch", "parent", "1:",
+                                           "classid", "1:1", "htb", "rate", "1mbit"])  # fmt: skip
+        pair.set_rate(3e6, None)  # the batch goes on after an error
+        procs = [b.proc for b in pair._tc.values()]
+    assert all(p.poll() is not None for p in procs)  # closed with the pair
+    with NamespacePair(shape=False) as bare, pytest.raises(ConfigError, match="no rate qdiscs"):
+        bare.set_rate(1e6, None)

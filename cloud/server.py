@@ -257,8 +257,16 @@ def create_server(
 
 
 def _load_models(config: CloudConfig) -> list[Seq2Seq]:
-    names = config.bundles or (None,)
-    return [Seq2Seq.load(bundle_path(name), config.session) for name in names]
+    """Load each bundle and warm it (``Seq2Seq.warm_up``) before the replica says SERVING."""
+    models = []
+    for name in config.bundles or (None,):
+        model = Seq2Seq.load(bundle_path(name), config.session)
+        warm_ms = model.warm_up()
+        log.info(
+            "model warm", extra={"model": model.manifest.name, "warm_up_ms": round(warm_ms, 1)}
+        )
+        models.append(model)
+    return models
 
 
 def _options(config: CloudConfig, max_message: int) -> list[tuple[str, int]]:

@@ -154,7 +154,10 @@ class Agent:
 
     def __init__(self, config: EdgeConfig, model: Seq2Seq | None = None) -> None:
         self.config = config
-        self.model = model or Seq2Seq.load(bundle_path(config.bundle), config.session)
+        if model is None:  # a daemon's own model: warm before the first request (see warm_up)
+            model = Seq2Seq.load(bundle_path(config.bundle), config.session)
+            log.info("model warm", extra={"warm_up_ms": round(model.warm_up(), 1)})
+        self.model = model
         self.metrics = EdgeMetrics()
         device = _load_profile(
             config.device_profile or PROFILES_DIR / "device.yaml", "device_profile"

@@ -183,3 +183,14 @@ def test_decode_many_equals_one_by_one(model):
     items = [(model.encode(s), GenerationParams(max_new_tokens=25)) for s in sources]
     expected = [model.decode(h, p).ids for h, p in items]
     assert model.decode_many(items, batch_size=3) == expected
+
+
+def test_warm_up_runs_every_part_within_the_bundles_limits_and_changes_no_output(marian_bundle):
+    fresh = Seq2Seq.load(marian_bundle)
+    source = [5, 6, 7, 8, 1]
+    before = fresh.decode(fresh.encode(source), GenerationParams(max_new_tokens=12)).ids
+    # sizes beyond the bundle's limits are capped, not errors
+    assert fresh.warm_up(src_len=10_000, steps=10_000) > 0
+    assert fresh.warm_up(src_len=0, steps=0) > 0
+    after = fresh.decode(fresh.encode(source), GenerationParams(max_new_tokens=12)).ids
+    assert after == before

@@ -6,17 +6,15 @@ Two ways to build the emulated link, one interface (``set_state``, ``start_cloud
 - ``LoopbackLink`` (no root): cloud and agent on 127.0.0.1, the agent dialling a
   ``ShapingRelay`` that does everything — rate, delay, loss, partitions.
 - ``NetnsLink`` (root, iproute2, htb or tbf): the agent in one namespace, the cloud and the
-  relay in another, a veth pair between them. A kernel qdisc shapes the rate of each
-  direction; the relay adds delay, loss and partitions, stalls a direction whose rate is 0 (a
-  qdisc needs a rate > 0), and adds to each uplink chunk the transmission time the token
-  bucket skips (``LinkState.kernel_up_bps``).
+  relay in another, a veth pair between them. A kernel qdisc meters the rate of each
+  direction; the relay, shaping at the same rate, times each byte's delivery as a fluid link
+  would and adds delay, loss, partitions and outages (``NetnsLink.set_state``).
 
 ``choose_mode`` turns ``auto`` into one of them from the detected capabilities and says why.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import socket
 import subprocess
@@ -143,6 +141,23 @@ class _NetnsEdge(_InNamespace, EdgeProcess):
         self.prefix = ["ip", "netns", "exec", ns]
 
 
+KERNEL_FLOOR_BPS = 1e6
+"""The lowest rate given to a kernel qdisc. htb counts a packet's cost in time at the rate in
+force when it leaves: one 1,514-byte frame sent at 10 kbit/s (a trace's near-outage sample)
+left the class 1.2 s in debt, and that debt was still owed after the trace went back to
+20 Mbit/s (requests stalled ~0.8 s where the simulator saw 100 ms of slow link). At 1 Mbit/s a
+frame costs 12 ms. Below the floor the relay, shaping at the trace's rate, is the bottleneck."""
+
+
+def _kernel_rate(trace_bps: float | None, last: float | None) -> float | None:
+    """The qdisc rate for a trace rate: None stays unshaped, 0 keeps the last, others floored."""
+    if trace_bps is None:
+        return None
+    if trace_bps == 0:
+        return last
+    return max(trace_bps, KERNEL_FLOOR_BPS)
+
+
 class NetnsLink:
     """Agent and cloud in two namespaces over an htb/tbf-shaped veth, relay in the cloud's."""
 
@@ -166,18 +181,20 @@ class NetnsLink:
         self.cloud_address = f"{self.pair.cloud_addr}:{self.relay.port}"
 
     def set_state(self, state: LinkState) -> None:
-        # A qdisc cannot have rate 0: an outage keeps the last kernel rate and the relay stalls.
-        up = state.up_bps if state.up_bps != 0 else self.pair.rates[0]
-        down = state.down_bps if state.down_bps != 0 else self.pair.rates[1]
+        """The kernel meters the rate; the relay times delivery as the simulator's fluid link.
+
+        Both shape at the trace's rate. The kernel's qdisc is the real bottleneck TCP sees
+        (queueing, backpressure); the relay's serializer, fed at that rate, adds what a token
+        bucket skips: it hands each packet over whole and at once, where a link takes
+        size / rate to transmit it (without this a one-packet request crossed for free). The
+        relay alone covers what a qdisc cannot do: rate 0 (an outage; the kernel keeps its last
+        rate and the relay holds the bytes, then drains them at the new rate) and very low rates
+        (the kernel never goes below ``KERNEL_FLOOR_BPS``: see there).
+        """
+        up = _kernel_rate(state.up_bps, self.pair.rates[0])
+        down = _kernel_rate(state.down_bps, self.pair.rates[1])
         self.pair.set_rate(up, down)
-        self.relay.set_state(
-            dataclasses.replace(
-                state,
-                up_bps=0.0 if state.up_bps == 0 else None,
-                down_bps=0.0 if state.down_bps == 0 else None,
-                kernel_up_bps=self.pair.rates[0],
-            )
-        )
+        self.relay.set_state(state)
 
     def start_cloud(self, bundle: Path, workdir: Path) -> CloudProcess:
         cloud = _NetnsCloud(bundle, self.cloud_port, workdir / "cloud.log", self.pair.cloud_ns)
@@ -205,4 +222,4 @@ def open_link(mode: str, seed: int = 0) -> LoopbackLink | NetnsLink:
     raise ConfigError(f"link mode must be netns or loopback, got {mode!r}")
 
 
-__all__ = ["MODES", "LoopbackLink", "NetnsLink", "choose_mode", "open_link"]
+__all__ = ["KERNEL_FLOOR_BPS", "MODES", "LoopbackLink", "NetnsLink", "choose_mode", "open_link"]

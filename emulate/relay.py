@@ -275,6 +275,10 @@ class ShapingRelay:
             ]
             pumps = conn.tasks[2:]
             await asyncio.gather(*pumps, return_exceptions=True)
+        except asyncio.CancelledError:
+            # The relay is stopping. Ending normally (both sides are closed below) keeps
+            # asyncio's stream callback from logging the cancellation as an error.
+            pass
         finally:
             conn.abort()
             self._conns.discard(conn)

@@ -62,23 +62,13 @@ class LinkState:
     """Probability that an uplink segment is lost (and arrives one RTT late)."""
     partitioned: bool = False
     """100 % loss: bytes are held (not delivered, not dropped) until it ends."""
-    kernel_up_bps: float | None = None
-    """The uplink rate a kernel qdisc ahead of the relay meters (netns mode), or None.
-
-    A token bucket decides when a packet may go and then hands it over whole, at once; a real
-    link takes size/rate to transmit it, so without a correction every transfer would arrive
-    one packet's transmission time early (a one-packet request, free). The relay adds the
-    transmission time of the last segment of each chunk it reads at this rate — the earlier
-    segments of a chunk were already paid for by the bucket holding back the later ones — so
-    the last byte arrives when a fluid link at this rate would deliver it.
-    """
 
     def __post_init__(self) -> None:
         if not (isinstance(self.delay_ms, int | float) and math.isfinite(self.delay_ms)) or (
             self.delay_ms < 0
         ):
             raise ConfigError(f"link delay_ms must be a finite number >= 0, got {self.delay_ms!r}")
-        for name in ("up_bps", "down_bps", "kernel_up_bps"):
+        for name in ("up_bps", "down_bps"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -117,12 +107,9 @@ def segment_delivery_s(
     """When a chunk of ``nbytes`` that left the serializer at ``depart_s`` arrives.
 
     Uplink only: one loss draw per MSS segment of the chunk; any loss costs one RTT
-    (``LinkState.loss_penalty_ms``), and behind a kernel qdisc the last segment's transmission
-    time (``LinkState.kernel_up_bps``). The downlink loses nothing (see the module docstring).
+    (``LinkState.loss_penalty_ms``). The downlink loses nothing (see the module docstring).
     """
     arrive = depart_s + state.delay_ms / 1000.0
-    if direction == "up" and state.kernel_up_bps and nbytes > 0:
-        arrive += min(nbytes, MSS_BYTES) * 8.0 / state.kernel_up_bps
     if direction == "up" and state.loss > 0 and nbytes > 0:
         segments = max(1, math.ceil(nbytes / MSS_BYTES))
         if bool((rng.random(segments) < state.loss).any()):

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from tandem.emulate.links import KERNEL_FLOOR_BPS, NetnsLink
 from tandem.emulate.netns import (
     NamespacePair,
     detect_capabilities,
@@ -208,19 +209,44 @@ def test_a_small_upload_pays_the_rate_not_line_speed(qdisc):
     assert all_but_one * 0.95 <= elapsed <= all_but_one * 1.5, elapsed
 
 
-def test_the_relay_adds_the_transmission_time_the_bucket_skips():
-    """Kernel bucket + relay = a fluid link: the last byte of 4,216 arrives at ~size / rate."""
+def test_kernel_and_relay_at_one_rate_make_a_fluid_link():
+    """The bucket hands the last frame over at once; the relay's serializer charges its time:
+    the last byte of 4,216 arrives at ~size / rate, as in the simulator."""
     nbytes = 4216
     with NamespacePair() as pair:
         listener = receipt_in(pair.cloud_ns, ("127.0.0.1", 0), nbytes)
         upstream = ("127.0.0.1", listener.getsockname()[1])
         with ShapingRelay(upstream, listen=(pair.cloud_addr, 0), netns=pair.cloud_ns) as relay:
             pair.set_rate(0.5e6, None)
-            relay.set_state(LinkState(kernel_up_bps=0.5e6))
+            relay.set_state(LinkState(up_bps=0.5e6))
             elapsed = upload_time_s(pair.edge_ns, (pair.cloud_addr, relay.port), nbytes)
         listener.close()
     fluid = nbytes * 8 / 0.5e6  # 67 ms; with TCP/IP headers 70 ms
     assert fluid * 0.97 <= elapsed <= fluid * 1.3, elapsed
+
+
+def test_a_near_outage_leaves_no_kernel_debt_behind():
+    """One frame at 10 kbit/s once left htb 1.2 s in debt after the trace was fast again."""
+    nbytes = 4216
+    link = NetnsLink()
+    try:
+        listener = receipt_in(link.pair.cloud_ns, ("127.0.0.1", link.cloud_port), nbytes)
+        sock = socket_in(link.pair.edge_ns)
+        sock.settimeout(20)
+        sock.connect((link.pair.cloud_addr, link.relay.port))
+        link.set_state(LinkState(up_bps=10e3, down_bps=10e3))
+        assert link.pair.rates == (KERNEL_FLOOR_BPS, KERNEL_FLOOR_BPS)
+        start = time.monotonic()
+        sock.sendall(b"u" * nbytes)
+        time.sleep(0.1)  # 100 ms of the slow sample: 125 bytes cross
+        link.set_state(LinkState(up_bps=20e6, down_bps=20e6))
+        assert sock.recv(1) == b"k"
+        elapsed = time.monotonic() - start
+        sock.close()
+        listener.close()
+    finally:
+        link.close()
+    assert 0.1 <= elapsed < 0.13, elapsed  # the rest at 20 Mbit/s: ~2 ms
 
 
 def test_rate_changes_go_through_one_tc_batch_per_namespace_and_errors_name_tc():

@@ -36,7 +36,6 @@ def drain(pipe: Pipe, state: LinkState, start: float = 0.0, limit_s: float = 100
         ({"down_bps": math.nan}, "down_bps must be None"),
         ({"loss": 1.0}, "loss must be in [0, 1) (use partitioned for 100%), got 1.0"),
         ({"partitioned": 1}, "partitioned must be a bool, got 1"),
-        ({"kernel_up_bps": -1.0}, "kernel_up_bps must be None (unshaped) or a finite number"),
     ],
 )
 def test_link_state_rejects_bad_fields(kwargs, message):
@@ -67,21 +66,6 @@ def test_unshaped_direction_only_delays():
     pipe = Pipe("down", np.random.default_rng(0))
     pipe.push(1.0, b"y" * 100_000)
     assert drain(pipe, state, start=1.0) == [(pytest.approx(1.02), 100_000)]
-
-
-def test_behind_a_kernel_bucket_each_uplink_chunk_pays_its_last_segments_transmission():
-    state = LinkState(delay_ms=20, kernel_up_bps=8e5)  # the kernel meters 100 kB/s
-    rng = np.random.default_rng(0)
-    # one small packet: its own transmission (1 ms) plus the delay
-    assert segment_delivery_s(0.0, 100, state, rng) == pytest.approx(0.021)
-    # a chunk of several segments (the relay read late): only the last one's (14 ms)
-    assert segment_delivery_s(0.0, 5 * MSS_BYTES, state, rng) == pytest.approx(0.034)
-    # the downlink's kernel bucket is behind the relay: nothing to add there
-    assert segment_delivery_s(0.0, 100, state, rng, "down") == pytest.approx(0.020)
-    # an unshaped relay pipe delivers the chunk when the segment's transmission ends
-    pipe = Pipe("up", rng)
-    pipe.push(1.0, b"z" * 1000)
-    assert drain(pipe, state, start=1.0) == [(pytest.approx(1.03), 1000)]
 
 
 def test_rate_change_mid_transfer_prices_each_part_at_its_rate():

@@ -194,16 +194,26 @@ class Agent:
     # -- probes --------------------------------------------------------------------------------
 
     def _ping_loop(self) -> None:
+        """A ping every ``ping_interval_s`` on a fixed beat from the agent's start.
+
+        A fixed beat (not "interval after the last answer") keeps the probe rate the same
+        whether the link is up or down, so an outage is seen at most one interval plus one
+        timeout after it starts — as the simulator's probes see it.
+        """
         interval = self.config.cloud.ping_interval_s
-        while not self._stop.wait(interval):
+        timeout = self.config.cloud.effective_ping_timeout_s
+        epoch = time.monotonic()
+        beat = 1
+        while not self._stop.wait(max(0.0, epoch + beat * interval - time.monotonic())):
             sent = time.monotonic()
             self._observe(lambda s, c, t=sent: observe_probe_sent(s, t))
             try:
-                rtt_ms = self.cloud.ping(timeout_s=max(1.0, 2 * interval))
+                rtt_ms = self.cloud.ping(timeout_s=timeout)
             except CloudError:
                 rtt_ms = None
             now = time.monotonic()
             self._observe(lambda s, c, t=now, r=rtt_ms: observe_probe_result(s, t, r, c))
+            beat = max(beat + 1, int((now - epoch) / interval) + 1)  # a late beat is skipped
 
     def _observe(self, update) -> None:
         with self._lock:

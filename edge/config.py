@@ -99,7 +99,18 @@ class CloudSettings:
     key_file: str | None = None
     ping_interval_s: float = 2.0
     """How often the RTT probe pings the cloud (grpc.health.v1 Check); 0 disables it."""
+    ping_timeout_s: float | None = None
+    """A ping unanswered this long counts as lost (an outage sign); at most ping_interval_s,
+    so pings leave on a fixed beat and never overlap (the simulator's probes, likewise).
+    None: 1 s or ping_interval_s, whichever is shorter."""
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
+
+    @property
+    def effective_ping_timeout_s(self) -> float:
+        """``ping_timeout_s``, or its default: 1 s or ``ping_interval_s``, if shorter."""
+        if self.ping_timeout_s is not None:
+            return self.ping_timeout_s
+        return min(1.0, self.ping_interval_s) if self.ping_interval_s > 0 else 1.0
 
     def bearer_token(self) -> str | None:
         if self.token_env:
@@ -194,6 +205,13 @@ def validate(config: EdgeConfig, where: str = "edge.yaml") -> EdgeConfig:
         _positive(f"{where}: cloud.{name}", getattr(cloud, name))
     _positive(f"{where}: cloud.backoff_initial_s", cloud.backoff_initial_s, allow_zero=True)
     _positive(f"{where}: cloud.ping_interval_s", cloud.ping_interval_s, allow_zero=True)
+    if cloud.ping_timeout_s is not None:
+        _positive(f"{where}: cloud.ping_timeout_s", cloud.ping_timeout_s)
+    if cloud.ping_interval_s > 0 and cloud.effective_ping_timeout_s > cloud.ping_interval_s:
+        raise ConfigError(
+            f"{where}: cloud.ping_timeout_s ({cloud.ping_timeout_s}) must not exceed "
+            f"cloud.ping_interval_s ({cloud.ping_interval_s}): pings leave on a fixed beat"
+        )
     if not isinstance(cloud.max_attempts, int) or not 1 <= cloud.max_attempts <= 10:
         raise ConfigError(
             f"{where}: cloud.max_attempts must be in [1, 10], got {cloud.max_attempts!r}"

@@ -80,9 +80,9 @@ def agent_config(
 ) -> dict[str, Any]:
     """The agent's ``edge.yaml`` mapping that makes it the simulator's agent.
 
-    Same policy config (priors, hedging, codec), probe interval = the simulator's, and a call
-    that, like the simulator's, commits to the cloud until ``call_deadline_ms`` (a first-token
-    timeout shorter than that would be a second, unsimulated deadline).
+    Same policy config (priors, hedging, codec), probe interval and timeout = the simulator's,
+    and a call that, like the simulator's, commits to the cloud until ``call_deadline_ms`` (a
+    first-token timeout shorter than that would be a second, unsimulated deadline).
     """
     deadline_s = cfg.call_deadline_ms / 1000.0
     policy_dict = _plain(dataclasses.asdict(dataclasses.replace(cfg, policy=policy)))
@@ -99,6 +99,7 @@ def agent_config(
             "deadline_s": deadline_s,
             "first_token_timeout_s": deadline_s,
             "ping_interval_s": scenario.probe_interval_s,
+            "ping_timeout_s": scenario.probe_timeout_ms / 1000.0,
             "codec": cfg.codec,  # what the policy prices is what goes on the wire
         },
     }

@@ -9,6 +9,8 @@ import pytest
 from faults import SlowModel
 
 from tandem.edge.agent import Outcome, Piece, Request
+from tandem.emulate.processes import free_port
+from tandem.policy.estimators import estimate
 from tandem.runtime.seq2seq import Seq2Seq
 
 INPUTS = ["w10 w11 w12", "w40 w41", "w7 w8 w9 w20 w33", "w90", "w55 w56 w57 w58"]
@@ -193,3 +195,28 @@ def test_cloud_draining_mid_stream_resumes_locally(
     assert outcome.route == "local"
     assert outcome.ids == expected[text]
     assert [t for p in seen for t in p.ids] == expected[text]
+
+
+def test_pings_keep_a_fixed_beat_and_time_out_at_ping_timeout(cloud_factory, agent_factory):
+    _, port = cloud_factory()
+    live = agent_factory(port, ping_interval_s=0.1, ping_timeout_s=0.05)
+    dead = agent_factory(free_port(), ping_interval_s=0.1, ping_timeout_s=0.05)  # nobody there
+    beats = []
+    real_ping = live.cloud.ping
+
+    def counted(timeout_s):
+        beats.append((time.monotonic(), timeout_s))
+        return real_ping(timeout_s=timeout_s)
+
+    live.cloud.ping = counted
+    time.sleep(1.05)
+    now = time.monotonic()
+    up = estimate(live._net, now, live.policy.estimators)
+    down = estimate(dead._net, now, dead.policy.estimators)
+    assert up.rtt_ms is not None and up.rtt_ms < 50 and not up.outage
+    assert down.outage
+    assert {t for _, t in beats} == {0.05}
+    # ten beats a second, 0.1 s apart whatever each ping took
+    assert 9 <= len(beats) <= 11, len(beats)
+    gaps = [b[0] - a[0] for a, b in zip(beats, beats[1:], strict=False)]
+    assert all(0.05 < g < 0.15 for g in gaps), gaps

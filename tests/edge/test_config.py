@@ -63,6 +63,11 @@ def test_shipped_example_parses(monkeypatch):
         ({"session": ["threads"]}, "session: expected a mapping, got list"),
         ({"session": {"intra_op_threads": -1}}, "intra_op_threads must be >= 0, got -1"),
         ({"device_speed_factor": 0}, "device_speed_factor must be a number > 0"),
+        ({"cloud": {"ping_timeout_s": 0}}, "cloud.ping_timeout_s must be a number > 0"),
+        (
+            {"cloud": {"ping_timeout_s": 3}},
+            "ping_timeout_s (3) must not exceed cloud.ping_interval_s (2.0)",
+        ),
         ("just a string", "top level must be a mapping"),
     ],
 )
@@ -86,3 +91,11 @@ def test_unreadable_and_broken_files(tmp_path):
     bad.write_text("cloud: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_edge_config(bad)
+
+
+def test_ping_timeout_defaults_to_one_second_or_the_interval():
+    assert load_edge_config(None).cloud.effective_ping_timeout_s == 1.0
+    fast = edge_config_from_dict({"cloud": {"ping_interval_s": 0.5}}).cloud
+    assert fast.effective_ping_timeout_s == 0.5
+    set_ = edge_config_from_dict({"cloud": {"ping_timeout_s": 0.2}}).cloud
+    assert set_.effective_ping_timeout_s == 0.2

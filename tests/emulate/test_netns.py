@@ -51,7 +51,8 @@ def socket_in(ns: str, *args) -> socket.socket:
     return box[0]
 
 
-def echo_in(ns: str, address: tuple[str, int]) -> socket.socket:
+def serve_in(ns: str, address: tuple[str, int], handle) -> socket.socket:
+    """A listener in ``ns``; each connection is served by ``handle(conn)`` in its own thread."""
     listener = socket_in(ns)
     listener.bind(address)
     listener.listen()
@@ -62,15 +63,19 @@ def echo_in(ns: str, address: tuple[str, int]) -> socket.socket:
                 conn, _ = listener.accept()
             except OSError:
                 return
-            threading.Thread(target=pump, args=(conn,), daemon=True).start()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
+    threading.Thread(target=serve, daemon=True).start()
+    return listener
+
+
+def echo_in(ns: str, address: tuple[str, int]) -> socket.socket:
     def pump(conn):
         with conn:
             while data := conn.recv(65536):
                 conn.sendall(data)
 
-    threading.Thread(target=serve, daemon=True).start()
-    return listener
+    return serve_in(ns, address, pump)
 
 
 def echo_time_s(ns: str, address: tuple[str, int], nbytes: int) -> float:
@@ -174,24 +179,15 @@ def upload_time_s(ns: str, address: tuple[str, int], nbytes: int) -> float:
 
 def receipt_in(ns: str, address: tuple[str, int], nbytes: int) -> socket.socket:
     """A listener in ``ns`` that answers one byte once it has read ``nbytes``."""
-    listener = socket_in(ns)
-    listener.bind(address)
-    listener.listen()
 
-    def serve():
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                got = 0
-                while got < nbytes and (data := conn.recv(65536)):
-                    got += len(data)
-                conn.sendall(b"k")
+    def receipt(conn):
+        with conn:
+            got = 0
+            while got < nbytes and (data := conn.recv(65536)):
+                got += len(data)
+            conn.sendall(b"k")
 
-    threading.Thread(target=serve, daemon=True).start()
-    return listener
+    return serve_in(ns, address, receipt)
 
 
 @pytest.mark.parametrize("qdisc", ["htb", "tbf"])

@@ -79,33 +79,28 @@ def measure_profile(out: Path, quick: bool, threads: int) -> Path:
 
 
 def calibrate_overheads(
-    device_path: Path, cloud_path: Path, mode: str, args, n: int, workdir: Path
+    device_path: Path, cloud_path: Path, mode: str, draws, inputs, workdir: Path, seed: int
 ) -> tuple[float, float]:
     """(device, cloud) fixed per-request costs in ms, real daemons minus simulator, ideal link.
 
-    The same requests as the measured runs (what they cost to serve is a property of the
-    workload and the machine, not of the link); only the link differs: no delay, no loss, no
-    rate limit. A different sample would add its own sampling noise to every comparison.
+    The same draws and texts as the measured runs (what requests cost to serve is a property
+    of the workload and the machine, not of the link); only the link differs: no delay, no
+    loss, no rate limit (the draws' RTT jitter and loss draws act on nothing there). A
+    different sample would add its own sampling noise to every comparison.
     """
-    from tandem.defaults import bundle_path
-    from tandem.emulate.inputs import match_inputs
     from tandem.emulate.runner import run_emulation
     from tandem.policy import PolicyConfig
-    from tandem.runtime.seq2seq import Seq2Seq
     from tandem.sim.link import LinkConfig
     from tandem.sim.profiles import load_profile
-    from tandem.sim.runner import Scenario, make_draws, simulate
+    from tandem.sim.runner import Scenario, simulate
     from tandem.sim.trace import parse_trace
 
     ideal = parse_trace("t_s,bandwidth_mbps\n0,10000\n1,10000\n", "ideal", 1.0)
     scenario = Scenario(
-        device_speed_factor=1.0, load="idle", rate_per_s=args.rate, cloud_batch=1,
+        device_speed_factor=1.0, load="idle", rate_per_s=1.0, cloud_batch=1,
         cloud_queue_ms=0.0, link=LinkConfig(base_rtt_ms=0.0, rtt_jitter=0.0, loss_rate=0.0),
     )  # fmt: skip
     cfg = PolicyConfig()
-    seed = args.seed
-    draws = make_draws(n, scenario, seed)
-    inputs = match_inputs(Seq2Seq.load(bundle_path()), draws.workload.requests, seed=seed)
     device, cloud = load_profile(device_path), load_profile(cloud_path)
     gaps = {}
     for policy in ("always_local", "always_cloud"):
@@ -163,6 +158,14 @@ def main() -> int:
     mode, why, caps = choose_mode(args.mode)
     print(f"mode {mode}: {why}; {caps.summary()}", flush=True)
 
+    scenario = Scenario(
+        device_speed_factor=1.0, load="idle", rate_per_s=args.rate, cloud_batch=1,
+        cloud_queue_ms=0.0,
+    )  # fmt: skip
+    cfg = PolicyConfig()
+    draws = make_draws(n, scenario, args.seed)
+    inputs = match_inputs(Seq2Seq.load(bundle_path()), draws.workload.requests, seed=args.seed)
+
     with tempfile.TemporaryDirectory(prefix="tandem-fidelity-") as tmp:
         tmpdir = Path(tmp)
         device_measured = measure_profile(
@@ -170,7 +173,7 @@ def main() -> int:
         )
         cloud_measured = measure_profile(tmpdir / "cloud-measured.yaml", args.quick, 0)
         device_ms, cloud_ms = calibrate_overheads(
-            device_measured, cloud_measured, mode, args, n, tmpdir
+            device_measured, cloud_measured, mode, draws, inputs, tmpdir, args.seed
         )
         print(
             f"calibrated on an ideal link: device {device_ms:.2f} ms, cloud {cloud_ms:.2f} ms "
@@ -180,15 +183,6 @@ def main() -> int:
         device_path = with_overhead(device_measured, device_ms, tmpdir / "device.yaml")
         cloud_path = with_overhead(cloud_measured, cloud_ms, tmpdir / "cloud.yaml")
         device_profile, cloud_profile = load_profile(device_path), load_profile(cloud_path)
-        scenario = Scenario(
-            device_speed_factor=1.0, load="idle", rate_per_s=args.rate, cloud_batch=1,
-            cloud_queue_ms=0.0,
-        )  # fmt: skip
-        cfg = PolicyConfig()
-        draws = make_draws(n, scenario, args.seed)
-        model = Seq2Seq.load(bundle_path())
-        inputs = match_inputs(model, draws.workload.requests, seed=args.seed)
-        del model
         rows = []
         for name in names:
             trace = load_trace(folder / name)

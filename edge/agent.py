@@ -33,8 +33,9 @@ from tandem.edge.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from tandem.edge.cloud_client import CloudClient, CloudOutcome
 from tandem.edge.config import EdgeConfig
 from tandem.edge.metrics import EdgeMetrics
-from tandem.edge.probes import DeviceLoadProbe
+from tandem.edge.probes import DeviceLoadProbe, ping_beat
 from tandem.errors import (
+    CloudDeadline,
     CloudError,
     CloudUnavailable,
     ConfigError,
@@ -194,17 +195,18 @@ class Agent:
     # -- probes --------------------------------------------------------------------------------
 
     def _ping_loop(self) -> None:
-        """A ping every ``ping_interval_s`` on a fixed beat from the agent's start.
+        """A ping every ``ping_interval_s`` on a fixed beat of the monotonic clock.
 
         A fixed beat (not "interval after the last answer") keeps the probe rate the same
         whether the link is up or down, so an outage is seen at most one interval plus one
-        timeout after it starts — as the simulator's probes see it.
+        timeout after it starts — as the simulator's probes see it. The beat is the clock's,
+        not the agent's start (``probes.ping_beat``), so the emulator can line a trace up
+        with it.
         """
         interval = self.config.cloud.ping_interval_s
         timeout = self.config.cloud.effective_ping_timeout_s
-        epoch = time.monotonic()
-        beat = 1
-        while not self._stop.wait(max(0.0, epoch + beat * interval - time.monotonic())):
+        beat = ping_beat(time.monotonic(), interval)
+        while not self._stop.wait(max(0.0, beat * interval - time.monotonic())):
             sent = time.monotonic()
             self._observe(lambda s, c, t=sent: observe_probe_sent(s, t))
             try:
@@ -213,7 +215,7 @@ class Agent:
                 rtt_ms = None
             now = time.monotonic()
             self._observe(lambda s, c, t=now, r=rtt_ms: observe_probe_result(s, t, r, c))
-            beat = max(beat + 1, int((now - epoch) / interval) + 1)  # a late beat is skipped
+            beat = max(beat + 1, ping_beat(now, interval))  # a late beat is skipped
 
     def _observe(self, update) -> None:
         with self._lock:
@@ -557,7 +559,12 @@ class Agent:
         else:
             reason = "cloud_rejected"
         log.warning("cloud failed", extra={"reason": reason, "error": str(exc)})
-        self._observe(lambda s, c: observe_outcome(s, now, False, c))
+        if isinstance(exc, CloudDeadline):
+            # The same news as our own first-token timeout (which fires at about the same
+            # moment when the two are equal): whatever raced first, the estimators learn it.
+            self._observe_failure(sent, nbytes, finished=False)
+        else:
+            self._observe(lambda s, c: observe_outcome(s, now, False, c))
         self.breaker.record_failure(now)
         return reason
 

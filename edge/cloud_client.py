@@ -28,7 +28,13 @@ from tenacity import (
 )
 
 from tandem.edge.config import CloudSettings
-from tandem.errors import CloudError, CloudUnavailable, FingerprintMismatch, StreamBroken
+from tandem.errors import (
+    CloudDeadline,
+    CloudError,
+    CloudUnavailable,
+    FingerprintMismatch,
+    StreamBroken,
+)
 from tandem.v1 import decoder_pb2, decoder_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -68,7 +74,9 @@ def map_rpc_error(exc: grpc.RpcError, tokens: list[int] | None = None) -> CloudE
         return StreamBroken(f"cloud stream broke after {len(tokens)} tokens: {code}", tokens)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return FingerprintMismatch(f"cloud does not serve this model: {details}")
-    if code in TRANSIENT or code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return CloudDeadline(f"cloud gave no token before the deadline: {details}")
+    if code in TRANSIENT:
         return CloudUnavailable(f"cloud unavailable: {code.name if code else code}: {details}")
     if code == grpc.StatusCode.CANCELLED:
         return CloudUnavailable("cloud call cancelled")
@@ -136,7 +144,7 @@ class CloudCall:
             self.attempts += 1
             remaining = end - time.monotonic()
             if remaining <= 0:
-                raise CloudUnavailable("cloud deadline passed before the first token")
+                raise CloudDeadline("cloud deadline passed before the first token")
             call = self._open(remaining)
             iterator = iter(call)
             try:

@@ -1,19 +1,35 @@
-"""Device probes: how busy the CPU is with work other than ours.
+"""The agent's probes: how busy the device is, and when the cloud pings leave.
 
-The policy prices local decoding at the current load; our own decoding must not count as
-"load", or every local request would make the next one look slower and push it to the cloud.
-So the probe reports system CPU use minus this process's share. Sampled in the background
-every ``interval_s`` (psutil needs two readings to compute a rate).
+Device load: the policy prices local decoding at the current load; our own decoding must not
+count as "load", or every local request would make the next one look slower and push it to
+the cloud. So the probe reports system CPU use minus this process's share. Sampled in the
+background every ``interval_s`` (psutil needs two readings to compute a rate).
+
+Ping beats: pings leave at whole multiples of the ping interval on the system's monotonic
+clock (``ping_beat``), not counted from the agent's start. A process on the same machine (the
+emulator) thus knows when the agent's pings leave, and can start a replayed trace on a beat,
+as the simulator's probes start at trace time 0. A fleet of devices still pings at unrelated
+moments: each monotonic clock counts from its own boot.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 
 import psutil
 
 log = logging.getLogger(__name__)
+
+
+def ping_beat(now: float, interval_s: float) -> int:
+    """Index of the first ping beat strictly after ``now``; beat ``k`` is at ``k * interval_s``
+    on the monotonic clock. An index, not a time, so a loop never fires one beat twice when
+    ``k * interval_s / interval_s`` rounds below ``k``."""
+    if not interval_s > 0:
+        raise ValueError(f"ping interval must be > 0, got {interval_s}")
+    return math.floor(now / interval_s) + 1
 
 
 class DeviceLoadProbe:

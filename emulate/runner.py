@@ -10,7 +10,8 @@ The simulator's twin (``tandem.sim.runner.simulate``), measured instead of compu
    loopback); the agent runs the real policy with the simulator's profiles, priors, probe
    interval and call deadline, and its estimators see the shaped link through their own probes
    and uploads;
-3. a ``TraceShaper`` replays the trace into the link every 100 ms from the first request on;
+3. a ``TraceShaper`` replays the trace into the link every 100 ms, trace time 0 on one of
+   the agent's ping beats (the simulator's first probe is at trace time 0);
 4. each request is sent through the agent's local API at its arrival time; its latency is
    arrival to the final event (last token), as in the simulator.
 
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ import numpy as np
 
 from tandem.defaults import bundle_path
 from tandem.edge.client import EdgeClient
+from tandem.edge.probes import ping_beat
 from tandem.emulate.inputs import InputMatch
 from tandem.emulate.links import open_link
 from tandem.emulate.trace_shaper import Partition, ShaperConfig, TraceShaper
@@ -154,14 +157,14 @@ def run_emulation(
             # The link follows the trace's first sample while the daemons start.
             shaper = TraceShaper(link, trace, shaper_cfg, rng=np.random.default_rng(seed))
             shaper.tick(0.0)
-            shaper.t0 = None  # the replay proper starts with the first request
+            shaper.t0 = None  # the replay proper starts on a ping beat (`_drive`)
             cloud = link.start_cloud(bundle, work)
             config = agent_config(
                 work, link.cloud_address, policy, cfg, scenario, device_profile,
                 cloud_profile, bundle,
             )  # fmt: skip
             edge = link.start_edge(config, work)
-            outcome = _drive(edge.socket, requests, inputs, shaper, cfg)
+            outcome = _drive(edge.socket, requests, inputs, shaper, cfg, scenario.probe_interval_s)
         finally:
             if edge is not None:
                 edge.stop()
@@ -213,8 +216,13 @@ def run_emulation(
     return result, info
 
 
-def _drive(socket_path: str, requests, inputs: InputMatch, shaper: TraceShaper, cfg) -> dict:
-    """Send every request at its arrival time (from the first one on, the trace runs)."""
+def _drive(
+    socket_path: str, requests, inputs: InputMatch, shaper: TraceShaper, cfg, ping_interval_s
+) -> dict:
+    """Send every request at its arrival time; the trace starts on one of the agent's ping
+    beats (``edge.probes.ping_beat``), as the simulator's probes start at trace time 0. Off
+    the beat, the agent and the simulator would see an outage begin up to one ping interval
+    apart, and route the requests at its edges differently."""
     n = len(requests)
     latency = [math.nan] * n
     finals: list[Any] = [None] * n
@@ -238,9 +246,12 @@ def _drive(socket_path: str, requests, inputs: InputMatch, shaper: TraceShaper, 
     with (
         EdgeClient(socket_path, timeout_s=limit_s) as client,
         ThreadPoolExecutor(max_workers=64, thread_name_prefix="emu-request") as pool,
-        shaper,
+        ExitStack() as stack,  # the shaper, once the trace's start beat has come
     ):
-        t0 = shaper.t0
+        t0 = ping_beat(time.monotonic(), ping_interval_s) * ping_interval_s
+        time.sleep(max(0.0, t0 - time.monotonic()))
+        shaper.t0 = t0
+        stack.enter_context(shaper)
         futures = []
         for i, req in enumerate(requests):
             due = t0 + req.arrival_s

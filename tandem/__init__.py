@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from tandem.errors import (
     BundleError,
+    CloudDeadline,
     CloudError,
     CloudUnavailable,
     CodecError,
@@ -37,6 +38,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "BundleError",
+    "CloudDeadline",
     "CloudError",
     "CloudUnavailable",
     "CodecError",

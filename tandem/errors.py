@@ -12,6 +12,7 @@ know they have seen everything; anything else escaping is a bug::
     ├── Overloaded             the service is at capacity; retry later
     └── CloudError             the cloud decoder could not answer
         ├── CloudUnavailable   it cannot be reached (offline, refused, deadline before any token)
+        │   └── CloudDeadline  no token before the call's deadline (a stalled link, or cloud)
         └── StreamBroken       the token stream ended early; tokens so far are kept
 
 Only ``tandem.cloud.servicer`` maps these to gRPC status codes, and only the edge cloud client
@@ -59,6 +60,12 @@ class CloudError(TandemError):
 
 class CloudUnavailable(CloudError):
     """The cloud could not be reached or gave no token before its deadline."""
+
+
+class CloudDeadline(CloudUnavailable):
+    """The call's deadline passed before any token. Unlike a refused connection this says
+    something about the link: the upload may be stalled, so the agent counts it as a (censored)
+    throughput sample, as it does when its own first-token timeout fires first."""
 
 
 class StreamBroken(CloudError):

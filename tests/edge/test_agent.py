@@ -9,6 +9,7 @@ import pytest
 from faults import SlowModel
 
 from tandem.edge.agent import Outcome, Piece, Request
+from tandem.edge.probes import ping_beat
 from tandem.emulate.processes import free_port
 from tandem.policy.estimators import estimate
 from tandem.runtime.seq2seq import Seq2Seq
@@ -220,3 +221,39 @@ def test_pings_keep_a_fixed_beat_and_time_out_at_ping_timeout(cloud_factory, age
     assert 9 <= len(beats) <= 11, len(beats)
     gaps = [b[0] - a[0] for a, b in zip(beats, beats[1:], strict=False)]
     assert all(0.05 < g < 0.15 for g in gaps), gaps
+    # on the monotonic clock's beat (multiples of 0.1 s), not counted from the agent's start:
+    # the emulator starts its traces there (the median allows for a late wake-up or two)
+    phases = sorted(t % 0.1 for t, _ in beats)
+    assert phases[len(phases) // 2] < 0.02, phases
+
+
+def test_ping_beat_is_the_next_multiple_of_the_interval():
+    assert ping_beat(0.0, 2.0) == 1
+    assert ping_beat(3.9, 2.0) == 2
+    assert ping_beat(4.0, 2.0) == 3  # strictly after: a beat that is now has already fired
+    assert ping_beat(0.3, 0.1) * 0.1 > 0.3  # 0.3 / 0.1 is 2.9999999999999996 in floats
+    with pytest.raises(ValueError, match="interval must be > 0"):
+        ping_beat(1.0, 0.0)
+
+
+def test_a_call_that_hits_its_deadline_teaches_the_uplink_estimate(agent_factory, expected):
+    """A cloud that accepts the connection and then says nothing (a stalled link): the gRPC
+    deadline fires before any token. The agent resumes locally and, as after its own
+    first-token timeout, counts the call as a censored throughput sample — payload over the
+    time spent — so the next decision sees a slow uplink instead of the optimistic prior."""
+    import socket
+
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()  # the kernel completes the handshake; nobody ever reads or answers
+        agent = agent_factory(mute.getsockname()[1], first_token_timeout_s=5.0)
+        text = INPUTS[0]
+        started = time.monotonic()
+        _, outcome = run(agent, text, deadline_s=0.3)
+        assert time.monotonic() - started < 3.0  # the deadline, not the 5 s first-token wait
+    assert outcome.route == "local" and outcome.ids == expected[text]
+    assert outcome.fallbacks == ["cloud_unavailable"]
+    est = estimate(agent._net, time.monotonic(), agent.policy.estimators)
+    prior = agent.policy.estimators.prior_uplink_bps
+    assert est.uplink_bps < prior / 2, (est.uplink_bps, prior)
+    assert est.loss_rate > 0

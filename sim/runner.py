@@ -431,7 +431,7 @@ def simulate(
             if budget_left is not None:
                 budget_left -= sent[i]
             if not oracle:
-                _learn_call(learn, tl, trace, t_e, nbytes, late, abandon, done)
+                _learn_call(learn, tl, t_e, nbytes, late, abandon, done)
         # The device's fixed per-request cost (its local API, tokenization) is paid whichever
         # route serves the request, outside the compute lanes.
         latency[i] = (finish - req.arrival_s) * 1000.0 + device.request_overhead_ms
@@ -453,33 +453,28 @@ def simulate(
     )
 
 
-def _learn_call(
-    learn, tl, trace: Trace, t_e: float, nbytes: int, late, abandon: float, done: float
-):
+def _learn_call(learn, tl, t_e: float, nbytes: int, late, abandon: float, done: float):
     """Queue what the agent learns from one cloud call, each at the instant it learns it.
 
-    - a finished upload: its throughput, once the last byte is acknowledged;
-    - the first token: time to first token;
-    - the call turning late (hedge deadline or call deadline passed without what it waited
-      for): a failed outcome right then, and, if the upload is still under way, a *censored*
-      throughput sample — bytes acknowledged so far over the time spent (what TCP_INFO
-      reports), an upper bound on the throughput that notices a stall without waiting for it
-      to end;
-    - a completed call: a successful outcome.
+    What the real agent (``tandem.edge.agent``) can know, and no more:
+
+    - the call turning late (hedge deadline or call deadline passed without a token): a failed
+      outcome right then, and a *censored* throughput sample — the whole payload over the time
+      spent, an upper bound on the throughput that notices a stall without waiting for it to
+      end. The whole payload, and whether or not the upload had in fact finished: the agent's
+      gRPC call says neither how far the upload got nor whether it is done (no TCP_INFO per
+      call);
+    - a completed call, from its final message: a successful outcome, the time to first
+      token, and the upload's duration (the agent infers it from that time minus the RTT and
+      the server's own times; the simulator knows it exactly). A call dropped before its end
+      (the hedge's local run won, or it broke at the deadline) teaches nothing more.
     """
-    stalled = late is not None and tl.upload_end_s > late
     if late is not None:
         learn(late, "outcome", (False,))
-        if stalled:
-            acked = tl.bytes_up_by(trace, late, nbytes)
-            learn(late, "upload", (acked, late - t_e, False))
-    if tl.upload_end_s <= abandon and not stalled:
-        # An upload that finished only after the call turned late was a stall, already reported
-        # as a failure and a censored sample; counting its duration again would price it twice.
-        learn(tl.upload_end_s + 2 * tl.owd_s, "upload", (nbytes, tl.upload_end_s - t_e, True))
-    if tl.first_token_s <= abandon:
-        learn(tl.first_token_s, "ttft", ((tl.first_token_s - t_e) * 1000.0,))
+        learn(late, "upload", (nbytes, late - t_e, False))
     if done <= abandon:
+        learn(done, "upload", (nbytes, tl.upload_end_s - t_e, True))
+        learn(done, "ttft", ((tl.first_token_s - t_e) * 1000.0,))
         learn(done, "outcome", (True,))
 
 

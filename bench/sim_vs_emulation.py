@@ -129,6 +129,22 @@ def with_overhead(profile_path: Path, overhead_ms: float, out: Path) -> Path:
     return out
 
 
+def print_per_request(sim, emu) -> None:
+    """One line per request: where each side sent it, why, and how long it took; a ``*``
+    marks requests whose route differs (the usual cause of a row's disagreement)."""
+    print(f"# {sim.trace} {sim.policy}: arrival_s  sim route/reason/ms  emu route/reason/ms",
+          file=sys.stderr)  # fmt: skip
+    for i, arrival in enumerate(sim.arrival_s):
+        routes = ["cloud" if run.cloud[i] else "local" for run in (sim, emu)]
+        mark = "*" if routes[0] != routes[1] else " "
+        print(
+            f"{mark} {i:3d} {arrival:7.2f}  {routes[0]:5s} {sim.reasons[i]:24s} "
+            f"{sim.latency_ms[i]:8.1f}  {routes[1]:5s} {emu.reasons[i]:24s} "
+            f"{emu.latency_ms[i]:8.1f}",
+            file=sys.stderr,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 traces x 2 policies")
@@ -137,6 +153,17 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1.0, help="arrivals per second")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mode", choices=("auto", "netns", "loopback"), default="auto")
+    parser.add_argument(
+        "--trace", action="append", help="only this trace file (repeatable; default: the set)"
+    )
+    parser.add_argument(
+        "--policy", action="append", help="only this policy (repeatable; default: the set)"
+    )
+    parser.add_argument(
+        "--per-request",
+        action="store_true",
+        help="also print each request's route, reason and latency in both (to stderr)",
+    )
     args = parser.parse_args()
 
     from tandem.defaults import bundle_path
@@ -151,8 +178,8 @@ def main() -> int:
     from tandem.sim.trace import load_trace
 
     folder = traces_dir(args.traces)
-    names = QUICK_TRACES if args.quick else FULL_TRACES
-    policies = QUICK_POLICIES if args.quick else FULL_POLICIES
+    names = args.trace or (QUICK_TRACES if args.quick else FULL_TRACES)
+    policies = args.policy or (QUICK_POLICIES if args.quick else FULL_POLICIES)
     n = args.requests or (25 if args.quick else 60)
     started = time.monotonic()
     mode, why, caps = choose_mode(args.mode)
@@ -192,6 +219,8 @@ def main() -> int:
                     trace, policy, draws, inputs, scenario, cfg, device_path, cloud_path,
                     mode, seed=args.seed,
                 )  # fmt: skip
+                if args.per_request:
+                    print_per_request(sim, emu)
                 sim_mean = float(sim.latency_ms.mean())
                 emu_mean = float(np.nanmean(emu.latency_ms))
                 row = {

@@ -129,9 +129,10 @@ class CloudCall:
     def run(self, on_tokens: Callable[[int, list[int]], None] | None = None) -> CloudOutcome:
         """Stream the call to its end; ``on_tokens(start, ids)`` sees each chunk as it arrives.
 
-        Raises CloudUnavailable / FingerprintMismatch / CloudError before the first token and
-        StreamBroken (carrying the tokens so far) after it, or when the replica ended the
-        stream early (FINISH_REASON_CANCELLED or _DEADLINE, possibly with no token at all).
+        Raises CloudUnavailable (CloudDeadline when the deadline passed) / FingerprintMismatch
+        / CloudError before the first token and StreamBroken (carrying the tokens so far) after
+        it, or when the replica ended the stream early (FINISH_REASON_CANCELLED, possibly with
+        no token at all, or _DEADLINE after some).
         """
         start = time.monotonic()
         end = start + self._deadline_s
@@ -221,6 +222,10 @@ class CloudCall:
             # step): the tokens are valid but the answer is not complete. Taking it as complete
             # would truncate the app's output; the caller resumes from the tokens instead.
             reason = decoder_pb2.FinishReason.Name(final.reason).removeprefix("FINISH_REASON_")
+            if final.reason == decoder_pb2.FINISH_REASON_DEADLINE and not tokens:
+                # No token before the deadline, as if the deadline had fired here: for the
+                # caller's estimators that is the same news (the upload may have been slow).
+                raise CloudDeadline("cloud deadline passed before the first token (replica)")
             raise StreamBroken(
                 f"cloud stopped early ({reason.lower()}) after {len(tokens)} tokens", tokens
             )

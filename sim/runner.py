@@ -458,12 +458,14 @@ def _learn_call(learn, tl, t_e: float, nbytes: int, late, abandon: float, done: 
 
     What the real agent (``tandem.edge.agent``) can know, and no more:
 
-    - the call turning late (hedge deadline or call deadline passed without a token): a failed
-      outcome right then, and a *censored* throughput sample — the whole payload over the time
-      spent, an upper bound on the throughput that notices a stall without waiting for it to
-      end. The whole payload, and whether or not the upload had in fact finished: the agent's
-      gRPC call says neither how far the upload got nor whether it is done (no TCP_INFO per
-      call);
+    - the call turning late (hedge deadline or call deadline passed without what it waited
+      for): a failed outcome right then, and, if no token has come yet, a *censored*
+      throughput sample — the whole payload over the time spent, an upper bound on the
+      throughput that notices a stall without waiting for it to end. The whole payload, and
+      whether or not the upload had in fact finished: the agent's gRPC call says neither how
+      far the upload got nor whether it is done (no TCP_INFO per call). After a first token
+      the upload is known to be done, so a stream that only ran out of time says nothing
+      about it;
     - a completed call, from its final message: a successful outcome, the time to first
       token, and the upload's duration (the agent infers it from that time minus the RTT and
       the server's own times; the simulator knows it exactly). A call dropped before its end
@@ -471,7 +473,8 @@ def _learn_call(learn, tl, t_e: float, nbytes: int, late, abandon: float, done: 
     """
     if late is not None:
         learn(late, "outcome", (False,))
-        learn(late, "upload", (nbytes, late - t_e, False))
+        if tl.first_token_s > late:
+            learn(late, "upload", (nbytes, late - t_e, False))
     if done <= abandon:
         learn(done, "upload", (nbytes, tl.upload_end_s - t_e, True))
         learn(done, "ttft", ((tl.first_token_s - t_e) * 1000.0,))

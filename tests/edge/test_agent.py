@@ -236,6 +236,15 @@ def test_ping_beat_is_the_next_multiple_of_the_interval():
         ping_beat(1.0, 0.0)
 
 
+def _assert_learnt_a_slow_uplink(agent, outcome, expected, text):
+    assert outcome.route == "local" and outcome.ids == expected[text]
+    assert outcome.fallbacks == ["cloud_unavailable"]
+    est = estimate(agent._net, time.monotonic(), agent.policy.estimators)
+    prior = agent.policy.estimators.prior_uplink_bps
+    assert est.uplink_bps < prior / 2, (est.uplink_bps, prior)
+    assert est.loss_rate > 0
+
+
 def test_a_call_that_hits_its_deadline_teaches_the_uplink_estimate(agent_factory, expected):
     """A cloud that accepts the connection and then says nothing (a stalled link): the gRPC
     deadline fires before any token. The agent resumes locally and, as after its own
@@ -251,9 +260,24 @@ def test_a_call_that_hits_its_deadline_teaches_the_uplink_estimate(agent_factory
         started = time.monotonic()
         _, outcome = run(agent, text, deadline_s=0.3)
         assert time.monotonic() - started < 3.0  # the deadline, not the 5 s first-token wait
-    assert outcome.route == "local" and outcome.ids == expected[text]
+    _assert_learnt_a_slow_uplink(agent, outcome, expected, text)
+
+
+def test_a_replica_out_of_time_before_any_token_teaches_the_same(
+    text_bundle, cloud_factory, agent_factory
+):
+    """A request that reaches the replica with less of its deadline left than two of its steps
+    (a slow upload) is ended by the replica at once: FINISH_REASON_DEADLINE, no token. For the
+    agent that is the same news as its own deadline firing: the call counts as a censored
+    throughput sample, not only as a failure."""
+    _, port = cloud_factory(SlowModel(text_bundle, delay_s=0.1))
+    agent = agent_factory(port, first_token_timeout_s=5.0)
+    _, warm = run(agent, INPUTS[0])  # the replica learns its steps take 0.1 s: margin 0.2 s
+    assert warm.route == "cloud"
+    # No target language: a forced first token would be sent even at the deadline.
+    _, outcome = run(agent, INPUTS[1], target=None, max_new_tokens=4, deadline_s=0.15)
+    assert outcome.route == "local" and len(outcome.ids) == 4
     assert outcome.fallbacks == ["cloud_unavailable"]
-    est = estimate(agent._net, time.monotonic(), agent.policy.estimators)
-    prior = agent.policy.estimators.prior_uplink_bps
-    assert est.uplink_bps < prior / 2, (est.uplink_bps, prior)
-    assert est.loss_rate > 0
+    net = agent._net
+    assert net.consecutive_failures == 1
+    assert net.uplink_bps.ewma_t_s == net.last_failure_s  # the censored sample, at the failure

@@ -231,6 +231,7 @@ def main() -> int:
                     "rel_err": round(abs(emu_mean - sim_mean) / sim_mean, 3),
                     "sim_cloud": round(float(sim.cloud.mean()), 2),
                     "emu_cloud": round(float(emu.cloud.mean()), 2),
+                    "routes_differ": int((sim.cloud != emu.cloud).sum()),
                     "sim_p95_ms": round(float(np.percentile(sim.latency_ms, 95)), 1),
                     "emu_p95_ms": round(float(np.nanpercentile(emu.latency_ms, 95)), 1),
                     "answered": f"{info.answered}/{info.requests}",
@@ -245,14 +246,14 @@ def main() -> int:
 
     print()
     print("| trace | policy | sim mean ms | emu mean ms | rel err | sim p95 | emu p95 | "
-          "cloud sim/emu | answered |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+          "cloud sim/emu | routes differ | answered |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         mark = "" if r["rel_err"] <= TARGET_REL_ERR else " MISS"
         print(
             f"| {r['trace']} | {r['policy']} | {r['sim_mean_ms']} | {r['emu_mean_ms']} | "
             f"{100 * r['rel_err']:.1f}%{mark} | {r['sim_p95_ms']} | {r['emu_p95_ms']} | "
-            f"{r['sim_cloud']:.2f}/{r['emu_cloud']:.2f} | {r['answered']} |"
+            f"{r['sim_cloud']:.2f}/{r['emu_cloud']:.2f} | {r['routes_differ']} | {r['answered']} |"
         )
     max_err = max(r["rel_err"] for r in rows)
     print()

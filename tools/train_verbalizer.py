@@ -4,6 +4,8 @@ Usage::
 
     python tools/train_verbalizer.py --out build/verbalizer            # full run, resumes
     python tools/train_verbalizer.py --out /tmp/v --smoke              # a few steps, sanity
+    python tools/train_verbalizer.py --out build/verbalizer --device cuda --minutes-budget 5 \
+        --tokenizer tandem/models/verbalizer/tokenizer.json         # on a GPU, shipped tokens
 
 A fresh run trains the tokenizer, measures throughput on a throwaway copy of the model and
 fixes a step-based plan (``plan.json``). The plan, not the wall clock, drives everything that
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -50,11 +53,12 @@ from tools.verbalizer_data import (  # noqa: E402
     TRAIN_SEED,
     UNK,
     build_tokenizer,
+    heldout_round_set,
     heldout_set,
     language_token,
     reserved_sources,
-    sample_example,
     tokenizer_corpus,
+    training_examples,
 )
 
 log = logging.getLogger(__name__)
@@ -136,11 +140,9 @@ class BatchStream:
 
     def _make_chunk(self, chunk: int) -> list[list[tuple[list[int], list[int]]]]:
         rng = random.Random(self.seed * 1_000_003 + chunk)
-        examples = []
-        while len(examples) < self.cfg.chunk_examples:
-            source, lang, target = sample_example(rng)
-            if source not in self.exclude:
-                examples.append((source, lang, target))
+        examples = list(
+            itertools.islice(training_examples(rng, self.exclude), self.cfg.chunk_examples)
+        )
         src = self.tokenizer.encode_batch([s for s, _, _ in examples])
         tgt = self.tokenizer.encode_batch([t for _, _, t in examples], add_special_tokens=False)
         pairs = []
@@ -264,7 +266,8 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def train_step(model, optimizer, batch, cfg: TrainConfig) -> float:
-    loss = model(**batch).loss
+    device = next(model.parameters()).device
+    loss = model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()}).loss
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -345,8 +348,11 @@ def evaluate(
             part = subset[start : start + 128]
             enc = [e.ids for e in tokenizer.encode_batch([s for s, _ in part])]
             width = max(len(ids) for ids in enc)
-            input_ids = torch.tensor([ids + [PAD_ID] * (width - len(ids)) for ids in enc])
-            prefix = torch.tensor([[PAD_ID, LANGUAGE_TOKEN_IDS[lang]]] * len(part))
+            device = next(model.parameters()).device
+            input_ids = torch.tensor(
+                [ids + [PAD_ID] * (width - len(ids)) for ids in enc], device=device
+            )
+            prefix = torch.tensor([[PAD_ID, LANGUAGE_TOKEN_IDS[lang]]] * len(part), device=device)
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=(input_ids != PAD_ID).long(),
@@ -455,6 +461,11 @@ def measure_throughput(model, tokenizer, cfg: TrainConfig, exclude) -> tuple[flo
         tokens += int((batch["labels"] != -100).sum())
         train_step(probe, optimizer, batch, cfg)
     elapsed_s = time.monotonic() - t0
+    # The timed steps came from a chunk made before them; making chunks (num2words on the
+    # CPU) is part of every step's cost too, negligible next to a CPU step, not a GPU one.
+    t0 = time.monotonic()
+    batches = len(stream._make_chunk(stream.chunk + 1))
+    elapsed_s += timed * (time.monotonic() - t0) / max(1, batches)
     return timed / elapsed_s, tokens / elapsed_s
 
 
@@ -491,6 +502,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--stop-after-steps", type=int, default=None, help="exit early (to exercise resume)"
     )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to train (auto: a CUDA GPU if torch sees one, else the CPU)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="start from this tokenizer.json instead of training one (e.g. the shipped one, "
+        "so token ids and input lengths stay those the simulator's workload table was made of)",
+    )
     return parser.parse_args(argv)
 
 
@@ -511,13 +535,23 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.minutes_budget is not None:
         cfg = dataclasses.replace(cfg, minutes_budget=args.minutes_budget)
-    governor = ThreadGovernor(cfg.threads)
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    # A GPU run needs no governor: the CPU only feeds it. It is not bit-identical to a CPU run
+    # (kernels differ), but it takes the same plan, data and schedule.
+    governor = ThreadGovernor(cfg.threads) if device.type == "cpu" else None
     torch.set_num_interop_threads(1)
+    log.info("training on %s", device)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     torch.manual_seed(cfg.seed)
 
     tok_path = out / "tokenizer.json"
+    if args.tokenizer is not None and not tok_path.exists():
+        atomic_write_text(tok_path, args.tokenizer.read_text(encoding="utf-8"))
+        log.info("tokenizer from %s", args.tokenizer)
     if tok_path.exists():
         tokenizer = Tokenizer.from_file(str(tok_path))
     else:
@@ -533,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
 
     exclude = reserved_sources()
     heldout = heldout_set(cfg.final_eval_examples)
-    model = build_model(cfg, vocab)
+    heldout_round = heldout_round_set(cfg.final_eval_examples)
+    model = build_model(cfg, vocab).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model params %d", n_params)
 
@@ -559,14 +594,14 @@ def main(argv: list[str] | None = None) -> int:
     wall_before_s = 0.0
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
+        state = torch.load(ckpt_path, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         stream.load_state(state["stream"])
         step = state["step"]
         wall_before_s = state.get("wall_s", 0.0)
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
         log.info("resumed from step %d", step)
@@ -593,7 +628,8 @@ def main(argv: list[str] | None = None) -> int:
         window_loss += train_step(model, optimizer, batch, cfg)
         scheduler.step()
         step += 1
-        governor.update()
+        if governor is not None:
+            governor.update()
         window_steps += 1
         if step % 50 == 0 or args.smoke:
             elapsed_s = time.monotonic() - window_t
@@ -622,12 +658,20 @@ def main(argv: list[str] | None = None) -> int:
 
     accuracy = evaluate(model, tokenizer, heldout, cfg)
     log.info("final eval (%d held-out) exact match %s", len(heldout), json.dumps(accuracy))
+    round_accuracy = evaluate(model, tokenizer, heldout_round, cfg)
+    log.info(
+        "final eval (%d round held-out) exact match %s",
+        len(heldout_round),
+        json.dumps(round_accuracy),
+    )
     save_hf(model, tokenizer, out / "hf")
     summary = {
         "steps": step,
         "wall_minutes": (wall_before_s + time.monotonic() - t_start) / 60,
         "heldout_examples": len(heldout),
         "heldout_exact_match": accuracy,
+        "heldout_round_exact_match": round_accuracy,
+        "device": str(device),
         "params": n_params,
         "vocab_size": vocab,
         "seeds": {"train": cfg.seed, "heldout": HELDOUT_SEED},

@@ -9,7 +9,11 @@ the tests all agree on one format:
   by single spaces; magnitudes are log-uniform (the digit count is uniform, then the value is
   uniform among numbers with that many digits), so big and small numbers are equally common;
 - its target is ``", ".join(num2words(n, lang=L))`` for one target language ``L``;
-- the held-out set is drawn from its own seed, and training skips its source lines.
+- the held-out set is drawn from its own seed, and training skips its source lines;
+- log-uniform values almost never have whole zero groups (``1000000``, ``30000500``), which
+  num2words words differently (``un million`` without ``cent``, ``eine Million`` with a
+  capital), so training also draws such *round* numbers (``ROUND_SHARE``), and a second
+  held-out set of them (``heldout_round_set``) measures that case apart.
 
 The tokenizer is part of the recipe too: it decides how digits reach the model (one token per
 digit, with a marker between groups of three so place value is explicit) and it must decode a
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from num2words import num2words
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -54,9 +58,18 @@ TOKENIZER_SEED = 7
 HELDOUT_SEED = 99_991
 """Distinct from the training and tokenizer seeds so the streams never coincide by construction."""
 
+HELDOUT_ROUND_SEED = 77_773
+"""Seed of the round-number held-out set; distinct from every other seed."""
+
 HELDOUT_RESERVED = 2000
-"""Training never sees the source lines of ``heldout_set(HELDOUT_RESERVED)``; any shorter
-held-out set is a prefix of it and therefore unseen too."""
+"""Training never sees the source lines of ``heldout_set(HELDOUT_RESERVED)`` nor of
+``heldout_round_set(HELDOUT_RESERVED)``; any shorter held-out set is a prefix of one of them
+and therefore unseen too."""
+
+ROUND_SHARE = 0.2
+"""Share of the training numbers with 4 or more digits that get whole zero groups
+(``round_off``). Enough for the model to learn the cases, small enough that the log-uniform
+numbers of the main held-out set still make up most of the stream."""
 
 GROUP_MARK = "_"
 """Inserted between digit groups of three (``1234567`` -> ``1_234_567``) by the tokenizer's
@@ -84,6 +97,32 @@ def sample_numbers(rng: random.Random) -> list[int]:
     return numbers
 
 
+def round_off(n: int, rng: random.Random) -> int:
+    """``n`` with a random non-empty subset of its lower three-digit groups set to zero
+    (``45123789`` -> ``45000789``, ``45123000`` or ``45000000``); numbers below 1000 have no
+    lower group and come back unchanged. The leading group is kept, so the digit count is."""
+    lower = (len(str(n)) - 1) // 3
+    if lower == 0:
+        return n
+    zero = [rng.random() < 0.5 for _ in range(lower)]
+    if not any(zero):
+        zero[rng.randrange(lower)] = True
+    for group, cleared in enumerate(zero):
+        if cleared:
+            n -= (n // 10 ** (3 * group)) % 1000 * 10 ** (3 * group)
+    return n
+
+
+def sample_round_numbers(rng: random.Random) -> list[int]:
+    """``sample_numbers`` with every number of 4 or more digits rounded off."""
+    return [round_off(n, rng) for n in sample_numbers(rng)]
+
+
+def sample_training_numbers(rng: random.Random) -> list[int]:
+    """What training draws: ``sample_numbers``, each number rounded off with ``ROUND_SHARE``."""
+    return [round_off(n, rng) if rng.random() < ROUND_SHARE else n for n in sample_numbers(rng)]
+
+
 def source_text(numbers: Iterable[int]) -> str:
     return " ".join(str(n) for n in numbers)
 
@@ -92,9 +131,12 @@ def target_text(numbers: Iterable[int], lang: str) -> str:
     return ", ".join(num2words(n, lang=lang) for n in numbers)
 
 
-def sample_example(rng: random.Random) -> tuple[str, str, str]:
-    """(source, lang, target) with the language uniform over ``LANGUAGES``."""
-    numbers = sample_numbers(rng)
+def sample_example(
+    rng: random.Random, draw: Callable[[random.Random], list[int]] = sample_numbers
+) -> tuple[str, str, str]:
+    """(source, lang, target) with the language uniform over ``LANGUAGES``; ``draw`` picks
+    the numbers (training passes ``sample_training_numbers``)."""
+    numbers = draw(rng)
     lang = rng.choice(LANGUAGES)
     return source_text(numbers), lang, target_text(numbers, lang)
 
@@ -105,11 +147,22 @@ def heldout_set(n: int, seed: int = HELDOUT_SEED) -> list[tuple[str, str, str]]:
     Languages go round-robin so every language gets the same share; a shorter set is a prefix
     of a longer one, which lets quick evaluations reuse the reserved set.
     """
+    return _heldout(n, seed, sample_numbers)
+
+
+def heldout_round_set(n: int, seed: int = HELDOUT_ROUND_SEED) -> list[tuple[str, str, str]]:
+    """Like ``heldout_set``, with every number of 4 or more digits rounded off."""
+    return _heldout(n, seed, sample_round_numbers)
+
+
+def _heldout(
+    n: int, seed: int, draw: Callable[[random.Random], list[int]]
+) -> list[tuple[str, str, str]]:
     rng = random.Random(seed)
     seen: set[str] = set()
     out: list[tuple[str, str, str]] = []
     while len(out) < n:
-        numbers = sample_numbers(rng)
+        numbers = draw(rng)
         source = source_text(numbers)
         if source in seen:
             continue
@@ -120,16 +173,17 @@ def heldout_set(n: int, seed: int = HELDOUT_SEED) -> list[tuple[str, str, str]]:
 
 
 def reserved_sources() -> frozenset[str]:
-    """Source lines that training must skip."""
-    return frozenset(source for source, _, _ in heldout_set(HELDOUT_RESERVED))
+    """Source lines that training must skip: both held-out sets."""
+    held = heldout_set(HELDOUT_RESERVED) + heldout_round_set(HELDOUT_RESERVED)
+    return frozenset(source for source, _, _ in held)
 
 
 def training_examples(
     rng: random.Random, exclude: frozenset[str] | set[str]
 ) -> Iterator[tuple[str, str, str]]:
-    """Endless training stream; skipping ``exclude`` keeps the held-out set unseen."""
+    """Endless training stream; skipping ``exclude`` keeps the held-out sets unseen."""
     while True:
-        example = sample_example(rng)
+        example = sample_example(rng, sample_training_numbers)
         if example[0] not in exclude:
             yield example
 

@@ -14,15 +14,21 @@ from num2words import num2words
 
 from tools.verbalizer_data import (
     EOS_ID,
+    HELDOUT_ROUND_SEED,
     HELDOUT_SEED,
     LANGUAGE_TOKEN_IDS,
     LANGUAGES,
+    ROUND_SHARE,
     SPECIAL_TOKENS,
     TRAIN_SEED,
     build_tokenizer,
+    heldout_round_set,
     heldout_set,
+    reserved_sources,
+    round_off,
     sample_example,
     sample_numbers,
+    sample_training_numbers,
     source_text,
     target_text,
     tokenizer_corpus,
@@ -151,3 +157,43 @@ def test_decode_skips_language_and_eos_tokens(tokenizer):
     target = target_text([21, 1000], "de")
     ids = [0, LANGUAGE_TOKEN_IDS["de"], *tokenizer.encode(target, add_special_tokens=False).ids, 1]
     assert tokenizer.decode(ids, skip_special_tokens=True) == target
+
+
+def _lower_groups(n: int) -> list[int]:
+    """Three-digit groups below the leading one, least significant first."""
+    return [(n // 10 ** (3 * g)) % 1000 for g in range((len(str(n)) - 1) // 3)]
+
+
+def test_round_off_clears_whole_lower_groups_and_keeps_the_rest():
+    rng = random.Random(8)
+    for _ in range(3000):
+        n = rng.randint(0, 999_999_999)
+        r = round_off(n, rng)
+        if n < 1000:
+            assert r == n
+            continue
+        assert len(str(r)) == len(str(n))  # the leading group is kept
+        assert str(r)[: len(str(n)) % 3 or 3] == str(n)[: len(str(n)) % 3 or 3]
+        kept = [a in (0, b) for a, b in zip(_lower_groups(r), _lower_groups(n), strict=True)]
+        assert all(kept), (n, r)
+        assert 0 in _lower_groups(r), (n, r)  # at least one whole group cleared
+    assert round_off(1_234_567, random.Random(0)) in {1_000_567, 1_234_000, 1_000_000}
+
+
+def test_training_draws_round_numbers_at_about_their_share():
+    rng = random.Random(9)
+    big = [n for _ in range(6000) for n in sample_training_numbers(rng) if n >= 1000]
+    share = sum(0 in _lower_groups(n) for n in big) / len(big)
+    assert ROUND_SHARE - 0.04 < share < ROUND_SHARE + 0.05, share  # + the few natural ones
+
+
+def test_round_heldout_is_round_balanced_and_reserved():
+    held = heldout_round_set(200)
+    assert held == heldout_round_set(200, seed=HELDOUT_ROUND_SEED)
+    assert Counter(lang for _, lang, _ in held) == {lang: 50 for lang in LANGUAGES}
+    numbers = [int(x) for source, _, _ in held for x in source.split(" ")]
+    assert all(0 in _lower_groups(n) for n in numbers if n >= 1000)
+    assert any(n >= 1_000_000 for n in numbers)
+    reserved = reserved_sources()
+    assert {s for s, _, _ in held} <= reserved
+    assert {s for s, _, _ in heldout_set(200)} <= reserved

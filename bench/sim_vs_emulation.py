@@ -26,9 +26,13 @@ only that, measured first:
   both get the calibrated profiles.
 
 ``--quick``: 3 traces x 2 policies, about 4 minutes. The last line is one JSON object with
-``max_rel_err``.
+``max_rel_err``. ``--trace``/``--policy`` pick rows (repeatable); ``--per-request`` prints
+each request's route, reason and latency on both sides, the quickest way to see why a row
+disagrees.
 
     python bench/sim_vs_emulation.py --quick
+    python bench/sim_vs_emulation.py --trace mahimahi_tmobile-umts-driving_down.csv \
+        --policy threshold --per-request
 """
 
 from __future__ import annotations

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tandem.cloud.config import AuthConfig
 from tandem.errors import ConfigError, TandemError
+from tandem.yamlfile import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -156,13 +155,7 @@ def load_tokens(config: AuthConfig, environ: Mapping[str, str]) -> list[DeviceTo
     if config.tokens_file is not None:
         path = Path(config.tokens_file)
         where = f"auth.tokens_file {path}"
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read it: {exc.strerror or exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
-        entries += parse_tokens(data, where)
+        entries += parse_tokens(read_yaml(path, "auth.tokens_file"), where)
     if config.tokens_env is not None:
         text = environ.get(config.tokens_env)
         if not text:

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tandem.errors import ConfigError
 from tandem.runtime.options import SessionConfig
+from tandem.yamlfile import read_yaml_mapping
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 LOG_FORMATS = ("text", "json")
@@ -201,17 +200,7 @@ def load_cloud_config(path: str | Path | None = None, **overrides: Any) -> Cloud
     if path is not None:
         path = Path(path)
         where = path.name
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{where}: top level must be a mapping, got {type(loaded).__name__}")
-        data = dict(loaded or {})
+        data = read_yaml_mapping(path, "cloud config")
     for key, value in overrides.items():
         if value is not None:
             data[key] = value

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from tandem import wire
 from tandem.defaults import PROFILES_DIR, bundle_path
@@ -38,7 +37,6 @@ from tandem.errors import (
     CloudDeadline,
     CloudError,
     CloudUnavailable,
-    ConfigError,
     FingerprintMismatch,
     InputError,
     StreamBroken,
@@ -66,6 +64,7 @@ from tandem.policy import (
 from tandem.runtime import codec as codec_mod
 from tandem.runtime.decoding import GenerationParams
 from tandem.runtime.seq2seq import Seq2Seq
+from tandem.yamlfile import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +111,7 @@ class Outcome:
 
 
 def _load_profile(path: str | Path, where: str) -> Profile:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from exc
-    return Profile.from_dict(data, where=str(path))
+    return Profile.from_dict(read_yaml(path, where), where=str(path))
 
 
 class _LocalRun:

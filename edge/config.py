@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import yaml
 
 from tandem.errors import ConfigError
 from tandem.policy import PolicyConfig
 from tandem.runtime.codec import parse_codec_spec
 from tandem.runtime.options import SessionConfig
+from tandem.yamlfile import read_yaml
 
 
 def default_socket_path() -> str:
@@ -284,12 +284,4 @@ def load_edge_config(path: str | Path | None) -> EdgeConfig:
     if path is None:
         return validate(EdgeConfig())
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return edge_config_from_dict(data, where=path.name)
+    return edge_config_from_dict(read_yaml(path, "edge config"), where=path.name)

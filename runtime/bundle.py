@@ -12,13 +12,13 @@ from pathlib import Path
 
 import onnx
 import onnxruntime as ort
-import yaml
 
 from tandem.errors import BundleError
 from tandem.runtime.fingerprint import compute_fingerprint
 from tandem.runtime.manifest import PART_NAMES, Manifest, parse_manifest, part_io
 from tandem.runtime.options import SessionConfig
 from tandem.runtime.tokenizer import Tokenizer, load_tokenizer
+from tandem.yamlfile import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,7 @@ def read_manifest(path: Path) -> Manifest:
         raise BundleError(f"model bundle {path} is not a directory")
     if not manifest_path.is_file():
         raise BundleError(f"model bundle {path} has no {MANIFEST_FILE}")
-    try:
-        data = yaml.safe_load(manifest_path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{manifest_path}: not valid YAML: {exc}") from exc
-    return parse_manifest(data)
+    return parse_manifest(read_yaml(manifest_path, "bundle manifest", error=BundleError))
 
 
 def _check_files(path: Path, manifest: Manifest) -> None:

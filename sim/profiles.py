@@ -12,10 +12,8 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
-from tandem.errors import ConfigError
 from tandem.policy import Profile
+from tandem.yamlfile import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +26,4 @@ def shipped_profile_path(name: str) -> Path:
 def load_profile(path: Path | str) -> Profile:
     """Read and validate one profile file; every problem is a ``ConfigError`` naming the file."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read profile {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return Profile.from_dict(data, where=str(path.name))
+    return Profile.from_dict(read_yaml(path, "profile"), where=str(path.name))

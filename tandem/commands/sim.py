@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
-
 from tandem.errors import ConfigError
+from tandem.yamlfile import read_yaml_mapping
 
 if TYPE_CHECKING:
     from tandem.policy import PolicyConfig
@@ -129,14 +128,7 @@ def read_policy_config(path: Path | None, overrides: dict | None = None) -> Poli
     command-line ``overrides`` on top; every problem is a ``ConfigError`` naming the file."""
     from tandem.policy import PolicyConfig
 
-    data = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read --policy-config {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"--policy-config {path}: expected a mapping of policy keys")
+    data = read_yaml_mapping(path, "--policy-config") if path is not None else {}
     return PolicyConfig.from_dict({**data, **(overrides or {})}, where=str(path or "policy"))
 
 

@@ -281,3 +281,24 @@ def test_a_replica_out_of_time_before_any_token_teaches_the_same(
     net = agent._net
     assert net.consecutive_failures == 1
     assert net.uplink_bps.ewma_t_s == net.last_failure_s  # the censored sample, at the failure
+
+
+def test_a_broken_profile_stops_the_agent_with_a_config_error(text_bundle, tmp_path):
+    """A typo in a hand-edited device profile is a ConfigError naming the file, not a YAML
+    traceback at agent start."""
+    from tandem.edge.agent import Agent
+    from tandem.edge.config import CloudSettings, EdgeConfig, validate
+    from tandem.errors import ConfigError
+
+    bad = tmp_path / "device.yaml"
+    bad.write_text("encoder_ms: [1.0, 2.0\n", encoding="utf-8")
+    config = validate(
+        EdgeConfig(
+            bundle=str(text_bundle),
+            socket=str(tmp_path / "edge.sock"),
+            device_profile=str(bad),
+            cloud=CloudSettings(enabled=False),
+        )
+    )
+    with pytest.raises(ConfigError, match=r"device_profile .*device\.yaml: not valid YAML"):
+        Agent(config)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train (or resume) the verbalizer, export the shipped bundles, and score them.
 #   tools/ship_verbalizer.sh [HF_DIR]     (default: build/verbalizer/hf, after training)
-# The bundles land in tandem/models/ as package data; the scores in build/verbalizer/eval-*.json.
+# The bundles land in tandem/models/ as package data; the scores (held-out sets plain and round)
+# in build/verbalizer/eval-*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -17,7 +18,10 @@ for variant in fp32 int8; do
   if [ "$variant" = int8 ]; then out=tandem/models/verbalizer-int8; flags=(--int8); fi
   "$PY" -m tandem export --hf "$HF" --out "$out" --name "$(basename "$out")" --overwrite \
     --input-pattern "$PATTERN" --input-description "$DESCRIPTION" "${flags[@]}"
-  "$PY" tools/eval_verbalizer.py --bundle "$out" --n "${EVAL_N:-2000}" --json \
-    | tee "build/verbalizer/eval-$variant.txt" | tail -1 > "build/verbalizer/eval-$variant.json"
+  for set in plain round; do
+    "$PY" tools/eval_verbalizer.py --bundle "$out" --set "$set" --n "${EVAL_N:-2000}" --json \
+      | tee "build/verbalizer/eval-$variant-$set.txt" | tail -1 \
+      > "build/verbalizer/eval-$variant-$set.json"
+  done
 done
 du -sh tandem/models/*

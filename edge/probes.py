@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 def ping_beat(now: float, interval_s: float) -> int:
     """Index of the first ping beat strictly after ``now``; beat ``k`` is at ``k * interval_s``
-    on the monotonic clock. An index, not a time, so a loop never fires one beat twice when
-    ``k * interval_s / interval_s`` rounds below ``k``."""
+    on the monotonic clock. An index, not a time: a loop advances it by at least one per ping,
+    so float rounding in ``now / interval_s`` can never make one beat fire twice."""
     if not interval_s > 0:
         raise ValueError(f"ping interval must be > 0, got {interval_s}")
     return math.floor(now / interval_s) + 1

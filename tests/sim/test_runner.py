@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
 from sim_helpers import synthetic_trace
 
 from tandem.policy import PolicyConfig
-from tandem.sim.runner import Scenario, make_draws, run_experiment, simulate
+from tandem.sim.link import CallTimeline
+from tandem.sim.runner import Scenario, _learn_call, make_draws, run_experiment, simulate
 from tandem.sim.trace import parse_trace
 
 N = 300
@@ -149,3 +151,34 @@ def test_fixed_request_costs_of_device_and_cloud(trace, device, cloud_profile, d
         run(trace, "cost_model", draws, device, dear).cloud.mean()
         < run(trace, "cost_model", draws, device, cloud_profile).cloud.mean()
     )
+
+
+def test_the_simulated_agent_learns_from_a_call_only_what_the_real_one_can():
+    """No TCP_INFO: a call that turns late before any token teaches the whole payload over the
+    time spent (censored); one that had its first token and then ran out of time teaches only
+    a failure; a completed call teaches its upload, first token and success at its end."""
+    events = []
+
+    def learn(t, kind, data):
+        events.append((t, kind, data))
+
+    stalled = CallTimeline(start_s=0.0, upload_end_s=5.0, decode_start_s=5.1, step_s=0.01,
+                           n_tokens=3, owd_s=0.03, token_bytes=4, first_token_s=5.2,
+                           last_token_s=5.3)  # fmt: skip
+    _learn_call(learn, stalled, 0.0, 4000, late=2.0, abandon=2.0, done=math.inf)
+    assert events == [(2.0, "outcome", (False,)), (2.0, "upload", (4000, 2.0, False))]
+
+    slow_stream = dataclasses.replace(
+        stalled, upload_end_s=0.5, first_token_s=1.0, last_token_s=2.5
+    )
+    events.clear()
+    _learn_call(learn, slow_stream, 0.0, 4000, late=2.0, abandon=2.0, done=math.inf)
+    assert events == [(2.0, "outcome", (False,))]
+
+    events.clear()
+    _learn_call(learn, slow_stream, 0.0, 4000, late=None, abandon=2.5, done=2.5)
+    assert events == [
+        (2.5, "upload", (4000, 0.5, True)),
+        (2.5, "ttft", (1000.0,)),
+        (2.5, "outcome", (True,)),
+    ]

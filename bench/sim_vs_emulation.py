@@ -38,6 +38,7 @@ disagrees.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -83,27 +84,28 @@ def measure_profile(out: Path, quick: bool, threads: int) -> Path:
 
 
 def calibrate_overheads(
-    device_path: Path, cloud_path: Path, mode: str, draws, inputs, workdir: Path, seed: int
-) -> tuple[float, float]:
+    device_path: Path, cloud_path: Path, mode: str, scenario, draws, inputs, workdir: Path,
+    seed: int,
+) -> tuple[float, float]:  # fmt: skip
     """(device, cloud) fixed per-request costs in ms, real daemons minus simulator, ideal link.
 
     The same draws and texts as the measured runs (what requests cost to serve is a property
     of the workload and the machine, not of the link); only the link differs: no delay, no
     loss, no rate limit (the draws' RTT jitter and loss draws act on nothing there). A
-    different sample would add its own sampling noise to every comparison.
+    different sample would add its own sampling noise to every comparison. The scenario is
+    the measured runs' own, on that ideal link.
     """
     from tandem.emulate.runner import run_emulation
     from tandem.policy import PolicyConfig
     from tandem.sim.link import LinkConfig
     from tandem.sim.profiles import load_profile
-    from tandem.sim.runner import Scenario, simulate
+    from tandem.sim.runner import simulate
     from tandem.sim.trace import parse_trace
 
     ideal = parse_trace("t_s,bandwidth_mbps\n0,10000\n1,10000\n", "ideal", 1.0)
-    scenario = Scenario(
-        device_speed_factor=1.0, load="idle", rate_per_s=1.0, cloud_batch=1,
-        cloud_queue_ms=0.0, link=LinkConfig(base_rtt_ms=0.0, rtt_jitter=0.0, loss_rate=0.0),
-    )  # fmt: skip
+    scenario = dataclasses.replace(
+        scenario, link=LinkConfig(base_rtt_ms=0.0, rtt_jitter=0.0, loss_rate=0.0)
+    )
     cfg = PolicyConfig()
     device, cloud = load_profile(device_path), load_profile(cloud_path)
     gaps = {}
@@ -204,7 +206,7 @@ def main() -> int:
         )
         cloud_measured = measure_profile(tmpdir / "cloud-measured.yaml", args.quick, 0)
         device_ms, cloud_ms = calibrate_overheads(
-            device_measured, cloud_measured, mode, draws, inputs, tmpdir, args.seed
+            device_measured, cloud_measured, mode, scenario, draws, inputs, tmpdir, args.seed
         )
         print(
             f"calibrated on an ideal link: device {device_ms:.2f} ms, cloud {cloud_ms:.2f} ms "

@@ -28,7 +28,6 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,15 +242,14 @@ def _drive(
         if finals[i] is None:
             latency[i] = (time.monotonic() - due) * 1000.0
 
+    t0 = ping_beat(time.monotonic(), ping_interval_s) * ping_interval_s
+    time.sleep(max(0.0, t0 - time.monotonic()))
+    shaper.t0 = t0  # the shaper's first tick then finds trace time 0 here, not at its start
     with (
         EdgeClient(socket_path, timeout_s=limit_s) as client,
         ThreadPoolExecutor(max_workers=64, thread_name_prefix="emu-request") as pool,
-        ExitStack() as stack,  # the shaper, once the trace's start beat has come
+        shaper,
     ):
-        t0 = ping_beat(time.monotonic(), ping_interval_s) * ping_interval_s
-        time.sleep(max(0.0, t0 - time.monotonic()))
-        shaper.t0 = t0
-        stack.enter_context(shaper)
         futures = []
         for i, req in enumerate(requests):
             due = t0 + req.arrival_s

@@ -24,7 +24,7 @@ test: install
 	$(PY) scripts/gen_protos.py --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mkdocs build --strict --quiet
+	$(VENV)/bin/mkdocs build --strict
 	$(PY) -m pytest -m "not slow and not chaos"
 	$(PY) -m pytest -m chaos tests/chaos
 

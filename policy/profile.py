@@ -11,7 +11,7 @@ Pure on purpose: ``Profile.from_dict`` takes the mapping a caller read with
 ``yaml.safe_load``; reading files belongs to the caller (the CLI, the edge agent).
 
 Slower devices are represented by ``Profile.scaled(factor)``: every time multiplied by one
-device-speed factor (see README.md ("Routing policy and trace-driven simulation") for the default and its rationale).
+device-speed factor (see docs/simulation.md for the default and its rationale).
 """
 
 from __future__ import annotations

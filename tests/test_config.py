@@ -1,0 +1,214 @@
+"""The config builder: field types drive the parsing, bounds live in __post_init__, every
+problem is one line naming the file and the key."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from tandem.config import (
+    ONE_OR_MANY,
+    Address,
+    FileMode,
+    bound,
+    build,
+    merged,
+    one_of,
+    require,
+    shown,
+)
+from tandem.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Inner:
+    rate: float = 1.0
+    """A bounded number."""
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        bound(self, "rate", gt=0, le=1)
+
+
+@dataclass(frozen=True)
+class Outer:
+    flag: bool = False
+    count: int = 3
+    label: str | None = None
+    mode: Literal["a", "b"] = "a"
+    items: list[int] = field(default_factory=list)
+    targets: tuple[Address, ...] = field(default=(), metadata=ONE_OR_MANY)
+    perms: FileMode = FileMode(0o600)
+    inner: Inner = field(default_factory=Inner)
+
+    def __post_init__(self) -> None:
+        bound(self, "count", ge=1)
+        require(self.label != "bad", "label may not be 'bad'")
+
+
+def error_of(data, cls=Outer) -> str:
+    with pytest.raises(ConfigError) as info:
+        build(cls, data, "test.yaml")
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_each_field_type_takes_its_yaml_spelling():
+    config = build(
+        Outer,
+        {
+            "flag": True,
+            "count": 5,
+            "label": None,
+            "mode": "b",
+            "items": [1, 2],
+            "targets": "[::1]:5",
+            "perms": "0o640",
+            "inner": {"rate": 1, "names": ["x"]},
+        },
+        "test.yaml",
+    )
+    assert config.flag is True and config.count == 5 and config.label is None
+    assert config.mode == "b" and config.items == [1, 2]
+    assert config.targets == ("[::1]:5",) and config.targets[0].port == 5
+    assert config.perms == 0o640
+    assert config.inner == Inner(rate=1.0, names=("x",)) and isinstance(config.inner.rate, float)
+    assert build(Outer, None, "test.yaml") == Outer()
+    assert build(Outer, {"inner": None}, "test.yaml").inner == Inner()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"flag": "yes"}, "test.yaml: flag must be true or false, got 'yes'"),
+        ({"count": True}, "test.yaml: count must be an integer, got true"),
+        ({"count": 2.0}, "test.yaml: count must be an integer, got 2.0"),
+        ({"count": 0}, "test.yaml: count must be >= 1, got 0"),
+        ({"label": 5}, "test.yaml: label must be a string, got 5"),
+        ({"label": "bad"}, "test.yaml: label may not be 'bad'"),
+        ({"mode": "c"}, "test.yaml: mode must be one of ['a', 'b'], got 'c'"),
+        ({"items": 5}, "test.yaml: items must be a list, got 5"),
+        ({"items": [1, "x"]}, "test.yaml: items[1] must be an integer, got 'x'"),
+        ({"targets": [None]}, "test.yaml: targets[0] must be a 'HOST:PORT' string, got null"),
+        ({"perms": "rw"}, "test.yaml: perms must be octal like 0o600, got 'rw'"),
+        ({"inner": 3}, "test.yaml: inner must be a mapping of keys, got 3"),
+        ({"inner": {"rate": 0}}, "test.yaml: inner.rate must be in (0, 1], got 0.0"),
+        ({"inner": {"rate": float("inf")}}, "inner.rate must be a finite number, got inf"),
+        ({"inner": {"rat": 1}}, "test.yaml: unknown key inner.rat (did you mean inner.rate?)"),
+        ({"zzz": 1}, "test.yaml: unknown key zzz (known keys: flag, count, label, mode, items,"),
+        ({1: 1}, "test.yaml: unknown key 1 (known keys:"),
+        ([1, 2], "test.yaml: top level must be a mapping of keys, got [1, 2]"),
+    ],
+)
+def test_each_problem_is_one_line_naming_file_and_key(data, message):
+    assert message in error_of(data)
+
+
+def test_values_in_messages_are_cut_short():
+    huge = ["x" * 1_000_000] * 1000
+    message = error_of({"label": huge})
+    assert message.startswith("test.yaml: label must be a string, got [") and len(message) < 200
+    assert shown(10**5000) == "an integer of 16610 bits"
+    assert len(error_of({"x" * 100_000: 1})) < 300
+
+
+def test_bounds_read_as_intervals_and_refuse_nan():
+    @dataclass(frozen=True)
+    class Numbers:
+        a: float = 0.5
+        b: int = 5
+
+    for kwargs, text in [
+        ({"gt": 0}, "> 0"),
+        ({"ge": 0}, ">= 0"),
+        ({"lt": 1}, "< 1"),
+        ({"le": 1}, "<= 1"),
+        ({"gt": 0, "le": 1}, "in (0, 1]"),
+        ({"ge": 1, "le": 10}, "in [1, 10]"),
+        ({"ge": 0, "lt": 1}, "in [0, 1)"),
+    ]:
+        with pytest.raises(ConfigError, match=rf"^a must be {re.escape(text)}, got"):
+            bound(Numbers(a=float("nan")), "a", **kwargs)
+    bound(Numbers(), "a", "b", ge=0)
+    with pytest.raises(ConfigError, match="b must be in \\[0.5, 4\\], got 5"):
+        bound(Numbers(), "a", "b", ge=0.5, le=4)
+    with pytest.raises(ConfigError, match="^a must be one of \\['x'\\], got 0.5"):
+        one_of(Numbers(), "a", ["x"])
+
+
+def test_a_config_built_in_code_is_checked_too():
+    with pytest.raises(ConfigError, match="^count must be >= 1, got 0"):
+        Outer(count=0)
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("127.0.0.1:50051", "127.0.0.1", 50051),
+        ("localhost:0", "localhost", 0),
+        ("[::1]:5", "::1", 5),
+        ("decoder.example.internal:443", "decoder.example.internal", 443),
+    ],
+)
+def test_address_parts_and_text(text, host, port):
+    address = Address(text)
+    assert address == text and str(address) == text
+    assert (address.host, address.port) == (host, port)
+    assert Address(address) == address and address.with_port(7).port == 7
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("nohost", "with a port in [0, 65535]"),
+        (":5", "with a port in [0, 65535]"),
+        ("h:65536", "with a port in [0, 65535]"),
+        ("h:-1", "with a port in [0, 65535]"),
+        ("h:٣", "with a port in [0, 65535]"),
+        ("::1:5", "'[addr]:PORT' for IPv6"),
+        ("", "'HOST:PORT' string"),
+        (5, "'HOST:PORT' string"),
+    ],
+)
+def test_address_refuses_what_is_not_host_port(value, problem):
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        Address(value)
+
+
+def test_address_loopback():
+    assert Address("[::1]:5").is_loopback and Address("localhost:5").is_loopback
+    assert Address("127.0.0.2:5").is_loopback
+    assert not Address("0.0.0.0:5").is_loopback and not Address("example.com:5").is_loopback
+    assert Address("[::]:5").with_port(9) == "[::]:9"
+
+
+def test_file_mode():
+    assert FileMode.from_config("0o600") == FileMode.from_config(384) == 0o600
+    assert FileMode.from_config("644") == 0o644
+    for bad in (0o1000, -1, True, 1.5, None):
+        with pytest.raises(ConfigError, match="permission number"):
+            FileMode.from_config(bad)
+
+
+def test_merged_overrides_section_by_section():
+    data = {"a": 1, "cloud": {"x": 1, "y": 2}}
+    assert merged(data, {"a": None, "cloud": {"y": 3}, "b": 2}) == {
+        "a": 1,
+        "cloud": {"x": 1, "y": 3},
+        "b": 2,
+    }
+    assert merged(None, {"cloud": {"y": 3}}) == {"cloud": {"y": 3}}
+    assert data == {"a": 1, "cloud": {"x": 1, "y": 2}}, "the input is left alone"
+
+
+def test_a_field_type_without_a_rule_is_a_programming_error():
+    @dataclass(frozen=True)
+    class Odd:
+        pair: tuple[int, str] = (1, "a")
+
+    with pytest.raises(TypeError, match="tuple\\[X, ...\\]"):
+        build(Odd, {"pair": [1, "a"]}, "test.yaml")

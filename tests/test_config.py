@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tandem.cloud.config import parse_cloud_config
 from tandem.config import (
     ONE_OR_MANY,
     Address,
@@ -20,7 +23,9 @@ from tandem.config import (
     require,
     shown,
 )
+from tandem.edge.config import EdgeConfig, edge_config_from_dict
 from tandem.errors import ConfigError
+from tandem.policy import PolicyConfig
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,10 @@ def test_bounds_read_as_intervals_and_refuse_nan():
 def test_a_config_built_in_code_is_checked_too():
     with pytest.raises(ConfigError, match="^count must be >= 1, got 0"):
         Outer(count=0)
+    with pytest.raises(ConfigError, match="^deadline_s must be > 0, got -1"):
+        from tandem.edge.config import CloudSettings
+
+        CloudSettings(deadline_s=-1)
 
 
 @pytest.mark.parametrize(
@@ -212,3 +221,51 @@ def test_a_field_type_without_a_rule_is_a_programming_error():
 
     with pytest.raises(TypeError, match="tuple\\[X, ...\\]"):
         build(Odd, {"pair": [1, "a"]}, "test.yaml")
+
+
+yaml_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
+    | st.sampled_from(["127.0.0.1:5", "0o600", "int8", "cost_model", "text", ""]),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def mappings_for(cls) -> st.SearchStrategy:
+    """Mappings over ``cls``'s own keys (and a stray one) with any YAML values."""
+    names = list(cls.__dataclass_fields__) + ["stray"]
+    return st.dictionaries(st.sampled_from(names), yaml_values, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=mappings_for(EdgeConfig) | st.builds(lambda c: {"cloud": c}, mappings_for(EdgeConfig)))
+def test_any_edge_mapping_is_a_config_or_one_config_error(data):
+    """Invariant: whatever a file holds, building it gives an EdgeConfig or one ConfigError
+    line naming edge.yaml; never TypeError, AttributeError or a traceback."""
+    try:
+        assert isinstance(edge_config_from_dict(data), EdgeConfig)
+    except ConfigError as exc:
+        assert str(exc).startswith("edge.yaml: ") and "\n" not in str(exc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.dictionaries(
+        st.sampled_from(["policy", "codec", "estimators", "length", "x"]), yaml_values, max_size=3
+    )
+)
+def test_any_policy_and_cloud_mapping_is_a_config_or_one_config_error(data):
+    for parse in (
+        lambda d: PolicyConfig.from_dict(d, "p.yaml"),
+        lambda d: parse_cloud_config(d, "p.yaml"),
+    ):
+        try:
+            parse(data)
+        except ConfigError as exc:
+            assert str(exc).startswith("p.yaml: ") and "\n" not in str(exc)

@@ -186,7 +186,7 @@ class EdgeConfig:
     device_speed_factor: float = 1.0
     """Multiplies the device profile's times (the shipped profile was measured on a server)."""
     metrics_port: int | None = None
-    """Serve Prometheus metrics on 127.0.0.1:PORT (None: off)."""
+    """Serve Prometheus metrics on 127.0.0.1:PORT (None or 0: off)."""
     drain_s: float = 10.0
     """On SIGTERM, how long in-flight requests may take to finish."""
 
@@ -205,6 +205,8 @@ class EdgeConfig:
         bound(self, "max_text_chars", "max_concurrent", ge=1)
         bound(self, "device_speed_factor", gt=0)
         bound(self, "drain_s", "piece_interval_ms", ge=0)
+        if self.metrics_port is not None:
+            bound(self, "metrics_port", ge=0, le=65535)
 
 
 def validate(config: EdgeConfig, where: str = "edge.yaml") -> EdgeConfig:

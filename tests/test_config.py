@@ -269,3 +269,35 @@ def test_any_policy_and_cloud_mapping_is_a_config_or_one_config_error(data):
             parse(data)
         except ConfigError as exc:
             assert str(exc).startswith("p.yaml: ") and "\n" not in str(exc)
+
+
+def documented_keys(cls, prefix: str = "", stop: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys of ``cls``, sections named in ``stop`` left whole (documented apart)."""
+    import dataclasses
+    import typing
+
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]) and f.name not in stop:
+            keys += documented_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def test_every_key_is_documented():
+    from pathlib import Path
+
+    from tandem.cloud.config import CloudConfig
+    from tandem.runtime.options import SessionConfig
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    keys = (
+        documented_keys(EdgeConfig, stop=("session", "policy"))
+        + documented_keys(CloudConfig, stop=("session",))
+        + documented_keys(PolicyConfig)
+        + documented_keys(SessionConfig)
+    )
+    missing = [key for key in keys if f"`{key}`" not in text]
+    assert not missing, f"keys missing from docs/configuration.md: {missing}"

@@ -52,6 +52,17 @@ class _BoundedLoader(yaml.SafeLoader):
         self._nodes = 0
         self._anchored: dict[int, int] = {}  # id(anchored node) -> nodes it stands for
 
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # The scanner reads ahead while a simple key may be pending, so without this check
+        # 20,000 '[' cost it a quadratic few hundred milliseconds before the composer counts.
+        if self.flow_level >= MAX_YAML_DEPTH:
+            mark = self.get_mark()
+            raise _Refused(
+                f"nested deeper than {MAX_YAML_DEPTH} levels"
+                f" at line {mark.line + 1}, column {mark.column + 1}"
+            )
+        super().fetch_flow_collection_start(TokenClass)
+
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):

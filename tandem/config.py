@@ -315,12 +315,18 @@ def _value(tp: Any, value: Any, where: str, key: str, metadata: Mapping[str, Any
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Mismatch("a number")
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            raise _Mismatch("a finite number") from None
+        if not math.isfinite(number):
             raise _Mismatch("a finite number")
-        return float(value)
+        return number
     if tp in _KINDS:
         if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
             raise _Mismatch(_KINDS[tp])
+        if tp is int and value.bit_length() > 63:  # no count or size is that large
+            raise _Mismatch("an integer of at most 63 bits")
         return value
     raise TypeError(f"{key}: no rule builds a {tp} from YAML")
 

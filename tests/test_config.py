@@ -92,6 +92,7 @@ def test_each_field_type_takes_its_yaml_spelling():
         ({"flag": "yes"}, "test.yaml: flag must be true or false, got 'yes'"),
         ({"count": True}, "test.yaml: count must be an integer, got true"),
         ({"count": 2.0}, "test.yaml: count must be an integer, got 2.0"),
+        ({"count": 2**63}, "count must be an integer of at most 63 bits, got 9223372036854775808"),
         ({"count": 0}, "test.yaml: count must be >= 1, got 0"),
         ({"label": 5}, "test.yaml: label must be a string, got 5"),
         ({"label": "bad"}, "test.yaml: label may not be 'bad'"),
@@ -103,6 +104,7 @@ def test_each_field_type_takes_its_yaml_spelling():
         ({"inner": 3}, "test.yaml: inner must be a mapping of keys, got 3"),
         ({"inner": {"rate": 0}}, "test.yaml: inner.rate must be in (0, 1], got 0.0"),
         ({"inner": {"rate": float("inf")}}, "inner.rate must be a finite number, got inf"),
+        ({"inner": {"rate": 10**400}}, "inner.rate must be a finite number, got an integer of"),
         ({"inner": {"rat": 1}}, "test.yaml: unknown key inner.rat (did you mean inner.rate?)"),
         ({"zzz": 1}, "test.yaml: unknown key zzz (known keys: flag, count, label, mode, items,"),
         ({1: 1}, "test.yaml: unknown key 1 (known keys:"),
@@ -227,6 +229,7 @@ yaml_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers()
+    | st.sampled_from([10**400, -(2**70)])
     | st.floats()
     | st.text(max_size=20)
     | st.sampled_from(["127.0.0.1:5", "0o600", "int8", "cost_model", "text", ""]),

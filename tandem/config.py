@@ -244,9 +244,8 @@ def _join(key: str, name: str) -> str:
 
 
 def _unknown(name: Any, known: list[str], key: str) -> str:
-    shown_name = name if isinstance(name, str) else shown(name)
-    if len(shown_name) > MAX_SHOWN_CHARS:
-        shown_name = shown(shown_name)
+    plain = isinstance(name, str) and name.isprintable() and len(name) <= MAX_SHOWN_CHARS
+    shown_name = name if plain else shown(name)  # a repr escapes line breaks
     close = (
         difflib.get_close_matches(shown_name, known, n=1, cutoff=0.75)
         if isinstance(name, str)

@@ -108,6 +108,7 @@ def test_each_field_type_takes_its_yaml_spelling():
         ({"inner": {"rat": 1}}, "test.yaml: unknown key inner.rat (did you mean inner.rate?)"),
         ({"zzz": 1}, "test.yaml: unknown key zzz (known keys: flag, count, label, mode, items,"),
         ({1: 1}, "test.yaml: unknown key 1 (known keys:"),
+        ({"a\nb": 1}, "test.yaml: unknown key 'a\\nb' (known keys:"),
         ([1, 2], "test.yaml: top level must be a mapping of keys, got [1, 2]"),
     ],
 )
@@ -225,6 +226,12 @@ def test_a_field_type_without_a_rule_is_a_programming_error():
         build(Odd, {"pair": [1, "a"]}, "test.yaml")
 
 
+def yaml_collections(children: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(children, max_size=3) | st.dictionaries(
+        st.text(max_size=8), children, max_size=3
+    )
+
+
 yaml_values = st.recursive(
     st.none()
     | st.booleans()
@@ -233,9 +240,7 @@ yaml_values = st.recursive(
     | st.floats()
     | st.text(max_size=20)
     | st.sampled_from(["127.0.0.1:5", "0o600", "int8", "cost_model", "text", ""]),
-    lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
-    ),
+    yaml_collections,
     max_leaves=8,
 )
 

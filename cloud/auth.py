@@ -8,8 +8,8 @@ comparison time nor an early exit tells an attacker how close a guess was.
 Pure apart from ``load_tokens``, which reads the token file and the environment once at start:
 ``Authenticator.authenticate`` takes the call's metadata and transport identity as values, so
 it is tested without a server. Failures raise ``Unauthenticated`` (who are you?) or
-``PermissionDenied`` (you may not do this); ``tandem.cloud.servicer`` maps them to
-UNAUTHENTICATED and PERMISSION_DENIED.
+``PermissionDenied`` (you may not do this), both in ``tandem.errors``; ``tandem.rpc.STATUS_CODES``
+maps them to UNAUTHENTICATED and PERMISSION_DENIED.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.cloud.config import AuthConfig
-from tandem.errors import ConfigError, TandemError
+from tandem.errors import ConfigError, PermissionDenied, Unauthenticated
 from tandem.yamlfile import read_yaml
 
 log = logging.getLogger(__name__)
@@ -34,14 +34,6 @@ MIN_TOKEN_CHARS = 16
 
 _DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 _BEARER = "bearer "
-
-
-class Unauthenticated(TandemError):
-    """The call carries no credentials, or credentials this replica does not know."""
-
-
-class PermissionDenied(TandemError):
-    """The caller is known but may not use what it asked for (a model outside its list)."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import grpc
 
 from tandem.edge.agent import Agent, Outcome, Request
 from tandem.errors import ConfigError, InputError, TandemError
-from tandem.rpc import Undecodable, add_service
+from tandem.rpc import Undecodable, add_service, status_code
 from tandem.v1 import decoder_pb2, edge_pb2, edge_pb2_grpc
 from tandem.wire import check_request_id
 
@@ -72,11 +72,11 @@ class EdgeServicer(edge_pb2_grpc.EdgeServicer):
                 # per interval instead of one per token (a gRPC message costs ~0.2 ms).
                 if time.monotonic() - last_sent >= interval_s:
                     yield flush()
-        except InputError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except TandemError as exc:
-            log.warning("request failed", extra={"error": str(exc)})
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except TandemError as exc:  # statuses from the one table both services use
+            code = status_code(exc, otherwise=grpc.StatusCode.UNAVAILABLE)
+            if code is not grpc.StatusCode.INVALID_ARGUMENT:
+                log.warning("request failed", extra={"error": str(exc), "code": code.name})
+            context.abort(code, str(exc))
 
     def _validate(self, request: edge_pb2.GenerateRequest | Undecodable, context) -> Request:
         if isinstance(request, Undecodable):

@@ -152,10 +152,51 @@ def _socket_in_use(path: Path) -> bool:
         probe.close()
 
 
+def check_socket_dir(directory: Path) -> None:
+    """ConfigError unless ``directory`` is a real directory of this user that nobody else can
+    write to.
+
+    Why: whoever can write to the directory can unlink the agent's socket and bind their own in
+    its place, and every app then talks to them (the review did exactly that with a
+    pre-created world-writable ``/tmp/tandem-<uid>``). The permissions of the socket file
+    protect nothing if its directory is not ours.
+    """
+    try:
+        st = os.lstat(directory)
+    except OSError as exc:
+        raise ConfigError(
+            f"socket directory {directory}: cannot inspect it: {exc.strerror or exc}"
+        ) from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigError(
+            f"socket directory {directory} is a symbolic link; refusing to serve in it "
+            "(point socket: at a directory owned by this user)"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"socket directory {directory} is not a directory")
+    uid = os.getuid()
+    if st.st_uid != uid:
+        raise ConfigError(
+            f"socket directory {directory} is owned by uid {st.st_uid}, not by this agent's "
+            f"uid {uid}; refusing to serve in it (another user could replace the socket)"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"socket directory {directory} has mode {stat.S_IMODE(st.st_mode):#o}, writable by "
+            f"group or others; refusing to serve in it (chmod 700 {directory}, or remove it)"
+        )
+
+
 def prepare_socket(path: str) -> Path:
-    """Create the socket's directory (owner-only) and clear a stale socket file."""
+    """Create the socket's directory (0700), check it is safe, and clear a stale socket file."""
     sock = Path(path)
-    sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(
+            f"socket directory {sock.parent}: cannot create it: {exc.strerror or exc}"
+        ) from exc
+    check_socket_dir(sock.parent)
     if sock.exists() or sock.is_symlink():
         if not stat.S_ISSOCK(sock.lstat().st_mode):
             raise ConfigError(

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tandem.edge.agent import Agent
     from tandem.edge.config import load_edge_config, validate
-    from tandem.edge.server import create_edge_server
+    from tandem.edge.server import create_edge_server, prepare_socket
     from tandem.logs import configure
 
     configure(args.log_format, logging.INFO)
@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
             config.cloud, addresses=tuple(a.strip() for a in args.cloud.split(",") if a.strip())
         )
     config = validate(dataclasses.replace(config, **overrides))
+    if config.socket:
+        prepare_socket(config.socket)  # an unsafe socket directory fails before the model loads
     agent = Agent(config)
     server, where = create_edge_server(agent)
     if config.metrics_port:

@@ -149,6 +149,8 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         self._limiter.acquire(principal.client)
         try:
             stream = engine.submit(job, arrived, deadline)
+            # Who answers, before any token: the edge names the replica when it checks the stream.
+            context.send_initial_metadata(((REPLICA_KEY, self._replica_id),))
             if not context.add_callback(lambda: engine.cancel(stream)):
                 engine.cancel(stream)  # the call ended before we could watch it
             yield from self._relay(stream, engine, context, served, outcome)

@@ -181,6 +181,20 @@ class Authenticator:
             if tls_identity:
                 return Principal(client=f"tls:{tls_identity}")
             return Principal(client=f"peer:{peer_host(peer)}")
+        match = self._device(metadata)
+        return Principal(
+            client=f"device:{match.device_id}", device_id=match.device_id, models=match.models
+        )
+
+    def check_metadata(self, metadata: Iterable[tuple[str, str | bytes]]) -> None:
+        """Unauthenticated unless the metadata carries a known token (when tokens are required).
+
+        What ``tandem.admission`` runs before a call gets a thread: metadata is all it has.
+        """
+        if self._require_token:
+            self._device(metadata)
+
+    def _device(self, metadata: Iterable[tuple[str, str | bytes]]) -> DeviceToken:
         values = [v for k, v in metadata if k == "authorization"]
         if not values:
             raise Unauthenticated(
@@ -200,9 +214,7 @@ class Authenticator:
                 match = entry
         if match is None:
             raise Unauthenticated("unknown bearer token")
-        return Principal(
-            client=f"device:{match.device_id}", device_id=match.device_id, models=match.models
-        )
+        return match
 
 
 def peer_host(peer: str) -> str:

@@ -101,6 +101,17 @@ class LimitsConfig:
     deadline_margin_ms: float = 50.0
     """A stream ends with FINISH_REASON_DEADLINE this long (or two decoding steps, if longer)
     before the caller's deadline, so the final event and its tokens arrive in time."""
+    first_message_timeout_s: float = 5.0
+    """A call must deliver its request message this long after it arrives, or it is cancelled
+    and its thread freed (health checks: at most 1 s). Calls that send headers and never a
+    message once held every slot of a replica. Long enough for hidden states on a slow uplink
+    (the edge gives up on a first token after 2 s by default)."""
+    max_waiting_calls: int = 64
+    """Calls accepted but still waiting for their request message, per lane (Decode, health,
+    the rest); one more is RESOURCE_EXHAUSTED at once. Such calls never count against the
+    running limits, so they cannot starve complete ones."""
+    max_health_calls: int = 32
+    """Health checks and Watch streams served at once, on threads Decode cannot take."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +159,10 @@ class ServerConfig:
     keepalive_min_interval_s: float = 10.0
     """Shortest client keepalive ping interval tolerated; more frequent pings get the
     connection closed with ``too_many_pings``."""
+    max_concurrent_streams: int = 128
+    """HTTP/2 streams one connection may have open (``grpc.max_concurrent_streams``); a client
+    asking for more waits on its side. Raise it behind a proxy that multiplexes many devices
+    onto one connection."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +176,10 @@ class CloudConfig:
     cannot speak TLS or carry tokens use it; it serves no data."""
     metrics_listen: Address | None = None
     """Address of the Prometheus ``/metrics`` HTTP endpoint; None turns it off."""
+    metrics_public: bool = False
+    """Allow ``metrics_listen`` on a non-loopback address. The endpoint has no authentication
+    and shows model names, traffic and error rates; say so explicitly (for a scraper on a
+    private network) or keep it on 127.0.0.1."""
     replica_id: str | None = None
     """Name in DecodeFinal.replica_id and in logs; None means ``<hostname>-<pid>``."""
     bundles: tuple[str, ...] = ()
@@ -228,6 +247,8 @@ def parse_cloud_config(data: dict[str, Any] | None, where: str = "cloud config")
         )
     if "reflection" in data:
         values["reflection"] = _bool(data["reflection"], f"{where}: reflection")
+    if "metrics_public" in data:
+        values["metrics_public"] = _bool(data["metrics_public"], f"{where}: metrics_public")
     if "log_format" in data:
         fmt = data["log_format"]
         if fmt not in LOG_FORMATS:
@@ -265,6 +286,13 @@ def _check_exposure(config: CloudConfig, where: str) -> None:
         raise ConfigError(f"{where}: tls.cert_file and tls.key_file must be set together")
     if tls.client_ca_file is not None and not tls.enabled:
         raise ConfigError(f"{where}: tls.client_ca_file needs tls.cert_file and tls.key_file")
+    metrics = config.metrics_listen
+    if metrics is not None and not metrics.is_loopback and not config.metrics_public:
+        raise ConfigError(
+            f"{where}: metrics_listen {metrics} is not a loopback address; the metrics endpoint "
+            "has no authentication. Set metrics_public: true to expose it anyway, or listen on "
+            "127.0.0.1"
+        )
     if config.listen.is_loopback:
         return
     if not config.authenticates:
@@ -312,6 +340,16 @@ def _limits(data: Any, where: str) -> LimitsConfig:
         values["deadline_margin_ms"] = _number(
             data["deadline_margin_ms"], f"{where}: limits.deadline_margin_ms", 0
         )
+    if "first_message_timeout_s" in data:
+        values["first_message_timeout_s"] = _number(
+            data["first_message_timeout_s"],
+            f"{where}: limits.first_message_timeout_s",
+            0,
+            exclusive=True,
+        )
+    for key in ("max_waiting_calls", "max_health_calls"):
+        if key in data:
+            values[key] = _integer(data[key], f"{where}: limits.{key}", 1)
     return LimitsConfig(**values)
 
 
@@ -343,7 +381,9 @@ def _server(data: Any, where: str) -> ServerConfig:
     data = _mapping(data, ServerConfig, where, "server")
     return ServerConfig(
         **{
-            key: _number(value, f"{where}: server.{key}", 0, exclusive=True)
+            key: _integer(value, f"{where}: server.{key}", 1)
+            if key == "max_concurrent_streams"
+            else _number(value, f"{where}: server.{key}", 0, exclusive=True)
             for key, value in data.items()
         }
     )

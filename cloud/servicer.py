@@ -141,7 +141,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
             raise InputError(request.describe())
         principal = self._authenticate(context)
         outcome["client"] = principal.client
-        served = find_model(request.model_fingerprint, self._served)
+        served = find_model(request.model_fingerprint, self._served, principal.models)
         outcome["model"] = served.name
         principal.check_model(served.fingerprint)  # before the tensor is even decoded
         job = validate_request(request, self._served)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from tandem.admission import Admission, Lane
 from tandem.edge.agent import Agent, Outcome, Request
 from tandem.errors import ConfigError, InputError, TandemError
 from tandem.rpc import Undecodable, add_service, status_code
@@ -27,6 +28,19 @@ from tandem.wire import check_request_id
 log = logging.getLogger(__name__)
 
 MAX_DEADLINE_MS = 10 * 60 * 1000
+FIRST_MESSAGE_S = 1.0
+"""A local app's request crosses a socket in microseconds; a call silent this long after its
+headers is cancelled (20 such calls once starved the agent)."""
+MAX_WAITING_CALLS = 32
+"""Calls accepted but still waiting for their request message; one more is refused."""
+MIN_REQUEST_BYTES = 4 * 1024 * 1024
+"""The receive limit is never below gRPC's default, so a text well over ``max_text_chars``
+(1 MB, say) still reaches the agent and gets its INVALID_ARGUMENT, not a transport error."""
+
+
+def max_request_bytes(max_text_chars: int) -> int:
+    """Largest GenerateRequest the transport accepts (UTF-8 is at most 4 bytes a character)."""
+    return max(MIN_REQUEST_BYTES, 4 * max_text_chars + 1024)
 
 
 class EdgeServicer(edge_pb2_grpc.EdgeServicer):
@@ -209,12 +223,35 @@ def prepare_socket(path: str) -> Path:
     return sock
 
 
-def create_edge_server(agent: Agent, max_workers: int = 16) -> tuple[grpc.Server, dict]:
-    """Build and start the local API server; returns (server, {"socket": path, "tcp_port": p})."""
+def create_edge_server(agent: Agent, max_workers: int = 2) -> tuple[grpc.Server, dict]:
+    """Build and start the local API server; returns (server, {"socket": path, "tcp_port": p}).
+
+    Generate calls are admitted as ``tandem.admission`` does for the cloud: at most
+    ``max_concurrent`` run, one more is RESOURCE_EXHAUSTED at once (edge.proto), and calls that
+    never send their request wait on threads of their own for at most ``FIRST_MESSAGE_S``, so
+    they cannot starve complete ones. ``max_workers`` only serves what no lane claims.
+    """
     config = agent.config
+    admission = Admission(
+        (
+            Lane(
+                "generate",
+                max_running=config.max_concurrent,
+                max_waiting=MAX_WAITING_CALLS,
+                first_message_s=FIRST_MESSAGE_S,
+                authenticate=False,  # the socket's permissions are the access control
+            ),
+        ),
+        lambda method: "generate",
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="edge"),
-        options=[("grpc.max_receive_message_length", 4 * config.max_text_chars + 1024)],
+        interceptors=(admission,),
+        options=[
+            ("grpc.max_receive_message_length", max_request_bytes(config.max_text_chars)),
+            ("grpc.max_concurrent_streams", config.max_concurrent + MAX_WAITING_CALLS),
+        ],
+        maximum_concurrent_rpcs=admission.threads + MAX_WAITING_CALLS,
     )
     add_service(
         server,

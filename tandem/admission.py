@@ -14,10 +14,11 @@ method and the metadata, before the call gets a thread:
   bytes get UNAUTHENTICATED, not a parse error, and hold nothing;
 * each *lane* (``decode``, ``health``, ...) has threads of its own and two bounds: calls still
   waiting for their request message (``max_waiting``; each at most ``first_message_s``, then
-  it is cancelled) and calls running (``max_running``). One more of either is
-  RESOURCE_EXHAUSTED at once instead of a queue, and a lane can never take another's threads:
-  Decode traffic, however hostile, leaves the health lane free. A call counts as running only
-  once its message has arrived, so half-open calls cannot starve complete ones.
+  it is cancelled) and calls running (``max_running``, counted once the message is in). A
+  call over ``max_running`` is RESOURCE_EXHAUSTED at once instead of a queue; a call over
+  ``max_waiting`` evicts the oldest silent one. So half-open calls cannot starve complete
+  ones (whose message comes with the headers), and a lane can never take another's threads:
+  Decode traffic, however hostile, leaves the health lane free.
 * ``end_streams(lane)`` ends the open non-blocking streams of a lane (Health.Watch), so a drain
   does not wait for watchers that never hang up.
 
@@ -55,7 +56,8 @@ class Lane:
     max_running: int
     """Calls whose request arrived and whose handler runs; one more is RESOURCE_EXHAUSTED."""
     max_waiting: int
-    """Calls accepted but still waiting for their request message; one more is refused."""
+    """Calls accepted but still waiting for their request message; one more evicts the
+    oldest of them (or is refused, if none has a thread yet)."""
     first_message_s: float
     """How long a call may take to deliver its request message; then it is cancelled."""
     authenticate: bool = True
@@ -122,7 +124,10 @@ class _LaneState:
         self.pool = futures.ThreadPoolExecutor(lane.threads, thread_name_prefix=lane.name)
         self.lock = threading.Lock()
         self.waiting = 0
+        """Admitted calls without their request yet (their handler may not have started)."""
         self.running = 0
+        self.waiters: dict[_Ticket, None] = {}
+        """Waiting calls whose handler started, oldest first: the ones that can be evicted."""
         self.streams: set[Callable] = set()
 
 
@@ -130,20 +135,22 @@ _WAITING, _RUNNING, _DONE = "waiting", "running", "done"
 
 
 class _Ticket:
-    """One call's place in its lane: waiting, then running, then done (released once)."""
+    """One call's place in its lane: waiting, then running, then done (released once).
+    Every change happens under the lane's lock."""
 
-    def __init__(self, state: _LaneState) -> None:
+    def __init__(self, state: _LaneState, context) -> None:
         self.state = state
+        self.context = context
         self.phase = _WAITING
-        self.lock = threading.Lock()
 
     def run(self) -> bool:
-        """Move from waiting to running; False (and done) when the lane is full."""
+        """Move from waiting to running; False (and done) when evicted or the lane is full."""
         state = self.state
-        with self.lock, state.lock:
+        with state.lock:
             if self.phase is not _WAITING:
                 return False
             state.waiting -= 1
+            state.waiters.pop(self, None)
             if state.running >= state.lane.max_running:
                 self.phase = _DONE
                 return False
@@ -153,12 +160,14 @@ class _Ticket:
 
     def release(self) -> None:
         state = self.state
-        with self.lock, state.lock:
+        with state.lock:
             if self.phase is _WAITING:
                 state.waiting -= 1
+                state.waiters.pop(self, None)
             elif self.phase is _RUNNING:
                 state.running -= 1
             self.phase = _DONE
+            self.context = None
 
 
 class Admission(grpc.ServerInterceptor):
@@ -216,12 +225,21 @@ class Admission(grpc.ServerInterceptor):
                 self._check(handler_call_details.invocation_metadata or ())
             except TandemError as exc:
                 return self._refusal(state.lane, method, exc)
+        victim = None
         with state.lock:
-            if state.waiting >= state.lane.max_waiting:
-                full = True
-            else:
+            full = False
+            if state.waiting < state.lane.max_waiting:
                 state.waiting += 1
-                full = False
+            elif state.waiters:
+                # The oldest silent call makes room: so calls that never send their request
+                # cannot starve complete ones, whose message arrives at once with the headers.
+                victim = next(iter(state.waiters))
+                del state.waiters[victim]
+                victim.phase = _DONE  # its place (state.waiting) passes to this call
+            else:
+                full = True
+        if victim is not None:
+            self._refusals.submit(self._evict, victim, method)
         if full:
             return self._refusal(
                 state.lane,
@@ -271,10 +289,22 @@ class Admission(grpc.ServerInterceptor):
     # -- admitted calls -----------------------------------------------------------------------
 
     def _enter(self, context, state: _LaneState) -> _Ticket:
-        ticket = _Ticket(state)
+        ticket = _Ticket(state, context)
+        with state.lock:
+            state.waiters[ticket] = None
         if not context.add_callback(ticket.release):
             ticket.release()  # the call ended before its handler ran
         return ticket
+
+    def _evict(self, ticket: _Ticket, method: str) -> None:
+        context = ticket.context
+        ticket.context = None
+        if context is None:
+            return
+        log.debug("silent call evicted", extra={"lane": ticket.state.lane.name})
+        if self._on_refused is not None:
+            self._on_refused(ticket.state.lane.name, method, grpc.StatusCode.CANCELLED)
+        context.cancel()
 
     def _first(self, requests, context, ticket: _Ticket, method: str):
         """The call's request message, or None when the call ended (or was cancelled because
@@ -282,8 +312,9 @@ class Admission(grpc.ServerInterceptor):
         lane = ticket.state.lane
 
         def too_slow() -> None:
-            if ticket.phase is _WAITING:
-                log.info(
+            context = ticket.context
+            if ticket.phase is _WAITING and context is not None:
+                log.debug(  # an attack would flood an info log; the metric counts it
                     "call cancelled: no request message in time",
                     extra={"method": method, "lane": lane.name, "s": lane.first_message_s},
                 )

@@ -31,7 +31,7 @@ MAX_DEADLINE_MS = 10 * 60 * 1000
 FIRST_MESSAGE_S = 1.0
 """A local app's request crosses a socket in microseconds; a call silent this long after its
 headers is cancelled (20 such calls once starved the agent)."""
-MAX_WAITING_CALLS = 32
+MAX_WAITING_CALLS = 64
 """Calls accepted but still waiting for their request message; one more is refused."""
 MIN_REQUEST_BYTES = 4 * 1024 * 1024
 """The receive limit is never below gRPC's default, so a text well over ``max_text_chars``
@@ -249,7 +249,9 @@ def create_edge_server(agent: Agent, max_workers: int = 2) -> tuple[grpc.Server,
         interceptors=(admission,),
         options=[
             ("grpc.max_receive_message_length", max_request_bytes(config.max_text_chars)),
-            ("grpc.max_concurrent_streams", config.max_concurrent + MAX_WAITING_CALLS),
+            # No per-connection stream limit: apps share one connection per socket, and a
+            # stream over the limit on a new connection is reset (UNAVAILABLE), not refused
+            # with the RESOURCE_EXHAUSTED edge.proto promises. Admission bounds the work.
         ],
         maximum_concurrent_rpcs=admission.threads + MAX_WAITING_CALLS,
     )

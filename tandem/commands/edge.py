@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     print("tandem edge: draining", flush=True)
-    server.stop(grace=config.drain_s).wait()
+    server.stop(grace=config.drain_s).wait(config.drain_s + 1.0)  # bounded, whatever is open
     agent.close()
     return 0

@@ -121,3 +121,25 @@ def test_a_one_megabyte_text_is_invalid_argument(agent_factory):
         assert "limit is" in details
     finally:
         server.stop(None)
+
+
+def test_the_python_client_says_overloaded(busy_agent):
+    from tandem.edge.client import EdgeClient
+    from tandem.errors import Overloaded
+
+    _, where = busy_agent
+    errors = []
+
+    def one():
+        try:
+            with EdgeClient(where["socket"]) as client:
+                client.ask("w10 w11 w12", target="fr")
+        except Overloaded as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors and all(e.retry_after_s > 0 for e in errors)

@@ -34,7 +34,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -358,7 +358,12 @@ class Admission(grpc.ServerInterceptor):
                 ticket = self._enter(context, state)
                 if not ticket.run():
                     self._abort_full(context, state.lane, method)
-                return inner(requests, context)
+                if handler.response_streaming:
+                    return _released(inner(requests, context), ticket)
+                try:
+                    return inner(requests, context)
+                finally:
+                    ticket.release()
 
             streaming.experimental_thread_pool = pool
             if handler.response_streaming:
@@ -373,7 +378,10 @@ class Admission(grpc.ServerInterceptor):
                 request = self._first(requests, context, ticket, method)
                 if request is None:
                     return None
-                return inner_unary(request, context)
+                try:
+                    return inner_unary(request, context)
+                finally:
+                    ticket.release()  # before the answer goes out: see _released
 
             unary.experimental_thread_pool = pool
             return grpc.stream_unary_rpc_method_handler(unary, deserialize, serialize)
@@ -400,10 +408,21 @@ class Admission(grpc.ServerInterceptor):
             request = self._first(requests, context, ticket, method)
             if request is None:
                 return iter(())
-            return inner_stream(request, context)
+            return _released(inner_stream(request, context), ticket)
 
         stream.experimental_thread_pool = pool
         return grpc.stream_stream_rpc_method_handler(stream, deserialize, serialize)
+
+
+def _released(responses: Iterator, ticket: _Ticket) -> Iterator:
+    """``responses``, giving the call's place back as soon as they end — before gRPC sends
+    the status. Waiting for the end of the RPC instead let a client that starts its next call
+    on seeing the status find its own previous call still counted (RESOURCE_EXHAUSTED). The
+    RPC's end releases it too, for a stream that is never iterated (release is idempotent)."""
+    try:
+        yield from responses
+    finally:
+        ticket.release()
 
 
 def _discard(state: _LaneState, send: Callable) -> None:

@@ -24,6 +24,10 @@ def _echo(request, context):
     return request
 
 
+def _three(request, context):
+    yield from (request, request, request)
+
+
 def _hold(request, context):
     yield request
     release.wait(10)
@@ -60,6 +64,7 @@ def server():
     handlers = {
         "Echo": grpc.unary_unary_rpc_method_handler(_echo),
         "Hold": grpc.unary_stream_rpc_method_handler(_hold),
+        "Three": grpc.unary_stream_rpc_method_handler(_three),
     }
     srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.T", handlers),))
     watch_health = health.HealthServicer(
@@ -164,3 +169,18 @@ def test_the_watchdog_runs_alarms_in_order_and_never_a_cancelled_one():
     watchdog.after(0.1, lambda: fired.append("cancelled")).cancel()
     assert done.wait(2)
     assert fired == ["early", "late"]
+
+
+def test_a_call_started_on_seeing_the_last_ones_status_is_never_refused(server):
+    """A client that calls one after another must never find its own previous call still
+    counted against ``max_running``."""
+    admission, channel, _ = server
+    holding = channel.unary_stream("/t.T/Hold")(b"x", timeout=30)
+    next(holding)
+    echo = channel.unary_unary("/t.T/Echo")
+    three = channel.unary_stream("/t.T/Three")
+    for i in range(200):  # one place left: each call must free it before its status arrives
+        assert echo(b"%d" % i, timeout=5) == b"%d" % i
+        assert list(three(b"%d" % i, timeout=5)) == [b"%d" % i] * 3
+    release.set()
+    list(holding)

@@ -8,8 +8,8 @@ comparison time nor an early exit tells an attacker how close a guess was.
 Pure apart from ``load_tokens``, which reads the token file and the environment once at start:
 ``Authenticator.authenticate`` takes the call's metadata and transport identity as values, so
 it is tested without a server. Failures raise ``Unauthenticated`` (who are you?) or
-``PermissionDenied`` (you may not do this); ``tandem.cloud.servicer`` maps them to
-UNAUTHENTICATED and PERMISSION_DENIED.
+``PermissionDenied`` (you may not do this), both in ``tandem.errors``; ``tandem.rpc.STATUS_CODES``
+maps them to UNAUTHENTICATED and PERMISSION_DENIED.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 from tandem.cloud.config import AuthConfig
 from tandem.config import shown
-from tandem.errors import ConfigError, TandemError
+from tandem.errors import ConfigError, PermissionDenied, Unauthenticated
 from tandem.yamlfile import read_yaml
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,6 @@ MIN_TOKEN_CHARS = 16
 
 _DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 _BEARER = "bearer "
-
-
-class Unauthenticated(TandemError):
-    """The call carries no credentials, or credentials this replica does not know."""
-
-
-class PermissionDenied(TandemError):
-    """The caller is known but may not use what it asked for (a model outside its list)."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +182,20 @@ class Authenticator:
             if tls_identity:
                 return Principal(client=f"tls:{tls_identity}")
             return Principal(client=f"peer:{peer_host(peer)}")
+        match = self._device(metadata)
+        return Principal(
+            client=f"device:{match.device_id}", device_id=match.device_id, models=match.models
+        )
+
+    def check_metadata(self, metadata: Iterable[tuple[str, str | bytes]]) -> None:
+        """Unauthenticated unless the metadata carries a known token (when tokens are required).
+
+        What ``tandem.admission`` runs before a call gets a thread: metadata is all it has.
+        """
+        if self._require_token:
+            self._device(metadata)
+
+    def _device(self, metadata: Iterable[tuple[str, str | bytes]]) -> DeviceToken:
         values = [v for k, v in metadata if k == "authorization"]
         if not values:
             raise Unauthenticated(
@@ -209,9 +215,7 @@ class Authenticator:
                 match = entry
         if match is None:
             raise Unauthenticated("unknown bearer token")
-        return Principal(
-            client=f"device:{match.device_id}", device_id=match.device_id, models=match.models
-        )
+        return match
 
 
 def peer_host(peer: str) -> str:

@@ -84,11 +84,23 @@ class LimitsConfig:
     deadline_margin_ms: float = 50.0
     """A stream ends with FINISH_REASON_DEADLINE this long (or two decoding steps, if longer)
     before the caller's deadline, so the final event and its tokens arrive in time."""
+    first_message_timeout_s: float = 5.0
+    """A call must deliver its request message this long after it arrives, or it is cancelled
+    and its thread freed (health checks: at most 1 s). Calls that send headers and never a
+    message once held every slot of a replica. Long enough for hidden states on a slow uplink
+    (the edge gives up on a first token after 2 s by default)."""
+    max_waiting_calls: int = 64
+    """Calls accepted but still waiting for their request message, per lane (Decode, health,
+    the rest); one more is RESOURCE_EXHAUSTED at once. Such calls never count against the
+    running limits, so they cannot starve complete ones."""
+    max_health_calls: int = 32
+    """Health checks and Watch streams served at once, on threads Decode cannot take."""
 
     def __post_init__(self) -> None:
         bound(self, "max_new_tokens", "deadline_margin_ms", ge=0)
         bound(self, "max_streams_per_client", ge=1)
-        bound(self, "default_deadline_s", gt=0)
+        bound(self, "default_deadline_s", "first_message_timeout_s", gt=0)
+        bound(self, "max_waiting_calls", "max_health_calls", ge=1)
 
 
 @dataclass(frozen=True)
@@ -142,9 +154,14 @@ class ServerConfig:
     keepalive_min_interval_s: float = 10.0
     """Shortest client keepalive ping interval tolerated; more frequent pings get the
     connection closed with ``too_many_pings``."""
+    max_concurrent_streams: int = 128
+    """HTTP/2 streams one connection may have open (``grpc.max_concurrent_streams``); a client
+    asking for more waits on its side. Raise it behind a proxy that multiplexes many devices
+    onto one connection."""
 
     def __post_init__(self) -> None:
         bound(self, "max_connection_age_s", "keepalive_min_interval_s", gt=0)
+        bound(self, "max_concurrent_streams", ge=1)
 
 
 @dataclass(frozen=True)
@@ -158,6 +175,10 @@ class CloudConfig:
     cannot speak TLS or carry tokens use it; it serves no data."""
     metrics_listen: Address | None = None
     """Address of the Prometheus ``/metrics`` HTTP endpoint; None turns it off."""
+    metrics_public: bool = False
+    """Allow ``metrics_listen`` on a non-loopback address. The endpoint has no authentication
+    and shows model names, traffic and error rates; say so explicitly (for a scraper on a
+    private network) or keep it on 127.0.0.1."""
     replica_id: str | None = None
     """Name in DecodeFinal.replica_id and in logs; None means ``<hostname>-<pid>``."""
     bundles: tuple[str, ...] = ()
@@ -196,6 +217,13 @@ class CloudConfig:
         require(
             tls.client_ca_file is None or tls.enabled,
             "tls.client_ca_file needs tls.cert_file and tls.key_file",
+        )
+        metrics = self.metrics_listen
+        require(
+            metrics is None or Address(metrics).is_loopback or self.metrics_public,
+            f"metrics_listen {metrics} is not a loopback address; the metrics endpoint has no "
+            "authentication. Set metrics_public: true to expose it anyway, or listen on "
+            "127.0.0.1",
         )
         if Address(self.listen).is_loopback:
             return

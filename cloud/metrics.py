@@ -98,6 +98,13 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.refused = Counter(
+            "tandem_cloud_refused_calls",
+            "Calls answered before they got a thread (tandem.admission): no or unknown token, "
+            "a full lane, or no request message in time (CANCELLED), by lane and code.",
+            ["lane", "code"],
+            registry=r,
+        )
         self.draining = Gauge(
             "tandem_cloud_draining",
             "1 while the replica is shutting down (health NOT_SERVING).",

@@ -23,6 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tandem.admission import Admission, Lane
 from tandem.cloud.auth import Authenticator, load_tokens
 from tandem.cloud.config import Address, CloudConfig
 from tandem.cloud.engine import Engine
@@ -42,8 +43,31 @@ log = logging.getLogger(__name__)
 DECODER_SERVICE = decoder_pb2.DESCRIPTOR.services_by_name["Decoder"].full_name
 """``tandem.v1.Decoder``: the health service reports it (and "") as SERVING when ready."""
 
-_EXTRA_WORKERS = 16
-"""Threads beyond one per possible stream: ListModels, health checks, reflection, refusals."""
+_DECODE_REFUSALS = 16
+"""Decode calls beyond the schedulers' room (batch + queue) that may still run to be refused
+by a scheduler; past that the ``decode`` lane refuses them itself."""
+_SERVICE_CALLS = 8
+"""ListModels and reflection calls served at once (the ``service`` lane)."""
+_HEALTH_FIRST_MESSAGE_S = 1.0
+"""A health check's request is a few bytes: this long is plenty to deliver it."""
+_REFUSAL_HEADROOM = 256
+"""``maximum_concurrent_rpcs`` above what the lanes may hold: calls being refused at once
+(each holds a slot for microseconds). The lanes, not this limit, bound real work; gRPC's own
+RESOURCE_EXHAUSTED then only answers a flood of refusals."""
+_DRAIN_SLACK_S = 0.5
+"""After the grace period, how long the drain waits for gRPC's own stop before forcing it:
+the process must exit within grace + 1 s whatever is still open."""
+DECODE_METHOD = f"/{DECODER_SERVICE}/Decode"
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
+def lane_of(method: str) -> str:
+    """Admission lane of a full method name: Decode, health, or everything else."""
+    if method == DECODE_METHOD:
+        return "decode"
+    if method.startswith(HEALTH_PREFIX):
+        return "health"
+    return "service"
 
 
 class CloudServer:
@@ -61,6 +85,7 @@ class CloudServer:
         metrics: Metrics,
         replica_id: str,
         max_message_bytes: int,
+        admissions: Sequence[Admission] = (),
     ) -> None:
         self.config = config
         self.port = port
@@ -74,6 +99,7 @@ class CloudServer:
         self._health = health_servicer
         self._health_server = health_server
         self._metrics_endpoint: MetricsEndpoint | None = None
+        self._admissions = tuple(admissions)
         self._stopped = threading.Event()
 
     @property
@@ -114,11 +140,18 @@ class CloudServer:
         log.info("draining", extra={"replica_id": self.replica_id, "grace_s": grace_s})
         self.metrics.draining.set(1)
         self._health.enter_graceful_shutdown()
+        # Watchers have seen NOT_SERVING; their streams would otherwise hold the drain for the
+        # whole grace period (they never hang up on their own).
+        self._end_watches()
         # Finals need time to reach clients before gRPC aborts what is left at grace_s.
         cancel_at = started + grace_s - min(1.0, 0.5 * grace_s)
         for engine in self.engines.values():
             engine.drain(cancel_at)
-        self._server.stop(grace_s).wait()
+        if not self._server.stop(grace_s).wait(grace_s + _DRAIN_SLACK_S):
+            # gRPC's stop did not finish (once seen after long attack traffic): the drain is
+            # bounded anyway, what is left is cancelled and the process may exit.
+            log.warning("drain deadline passed; stopping at once", extra={"grace_s": grace_s})
+            self._server.stop(None).wait(_DRAIN_SLACK_S / 2)
         self._finish()
         log.info(
             "drained",
@@ -128,8 +161,15 @@ class CloudServer:
     def stop(self) -> None:
         """Immediate stop: in-flight calls are aborted (tests, errors during start)."""
         self._health.enter_graceful_shutdown()
-        self._server.stop(None).wait()
+        self._end_watches()
+        self._server.stop(None).wait(_DRAIN_SLACK_S)
         self._finish()
+
+    def _end_watches(self) -> None:
+        for admission in self._admissions:
+            ended = admission.end_streams("health")
+            if ended:
+                log.info("health watches ended", extra={"streams": ended})
 
     def wait(self, timeout_s: float | None = None) -> bool:
         return self._stopped.wait(timeout_s)
@@ -138,7 +178,7 @@ class CloudServer:
         for engine in self.engines.values():
             engine.stop()
         if self._health_server is not None:
-            self._health_server.stop(None).wait()
+            self._health_server.stop(None).wait(_DRAIN_SLACK_S / 2)
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.close()
             self._metrics_endpoint = None
@@ -208,12 +248,49 @@ def create_server(
         health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     max_message = max(m.max_message_bytes() for m in served.values())
-    streams = len(engines) * (sched.max_batch + sched.max_queue)
-    workers = streams + _EXTRA_WORKERS
+    limits = config.limits
+
+    def refused(lane: str, method: str, code: grpc.StatusCode) -> None:
+        metrics.refused.labels(lane, code.name).inc()
+
+    health_lane = Lane(
+        "health",
+        limits.max_health_calls,
+        limits.max_waiting_calls,
+        min(_HEALTH_FIRST_MESSAGE_S, limits.first_message_timeout_s),
+        authenticate=False,  # probes (Kubernetes, Docker, the edge's pings) carry no token
+        retry_after_s=retry_after_s,
+    )
+    admission = Admission(
+        (
+            # One running Decode per batch row and queue place, plus a few to carry the
+            # scheduler's own refusals ("queue is full", with its retry hint).
+            Lane(
+                "decode",
+                len(engines) * (sched.max_batch + sched.max_queue) + _DECODE_REFUSALS,
+                limits.max_waiting_calls,
+                limits.first_message_timeout_s,
+                retry_after_s=retry_after_s,
+            ),
+            Lane(
+                "service",
+                _SERVICE_CALLS,
+                limits.max_waiting_calls,
+                limits.first_message_timeout_s,
+                retry_after_s=retry_after_s,
+            ),
+            health_lane,
+        ),
+        lane_of,
+        check=authenticator.check_metadata,
+        on_refused=refused,
+    )
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        # Every lane brings its own threads; this pool only serves what no lane claims.
+        futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc"),
+        interceptors=(admission,),
         options=_options(config, max_message),
-        maximum_concurrent_rpcs=workers,
+        maximum_concurrent_rpcs=admission.threads + _REFUSAL_HEADROOM,
     )
     add_service(
         server,
@@ -233,10 +310,18 @@ def create_server(
 
     health_server = None
     health_port = None
+    admissions = [admission]
     if config.health_listen is not None:
+        health_admission = Admission((health_lane,), lambda method: "health", on_refused=refused)
+        admissions.append(health_admission)
         health_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="health"),
-            options=[("grpc.so_reuseport", 0)],
+            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
+            interceptors=(health_admission,),
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_concurrent_streams", config.server.max_concurrent_streams),
+            ],
+            maximum_concurrent_rpcs=health_admission.threads + _REFUSAL_HEADROOM,
         )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
         health_port = _bind(health_server, config.health_listen, None, "health_listen")
@@ -252,6 +337,7 @@ def create_server(
         metrics,
         replica_id,
         max_message,
+        admissions,
     )
     return cloud, port
 
@@ -283,6 +369,7 @@ def _options(config: CloudConfig, max_message: int) -> list[tuple[str, int]]:
             int(config.server.keepalive_min_interval_s * 1000),
         ),
         ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_concurrent_streams", config.server.max_concurrent_streams),
     ]
 
 

@@ -5,8 +5,8 @@ takes a per-client slot, submits the job to its model's engine and relays the en
 as ``DecodeEvent``s — ``TokenChunk``s (the first at once, then at most one per
 ``scheduler.stream_interval_ms``, each holding the tokens decoded since), then one
 ``DecodeFinal``, sent as soon as the sequence ends. It never
-runs the model itself. This is the only module that turns errors into gRPC status codes:
-``STATUS_CODES`` below is the whole mapping, documented for clients in ``README.md ("The cloud decoder service")``.
+runs the model itself. Errors become statuses through ``tandem.rpc.STATUS_CODES``, the one
+table of both services, documented for clients in ``README.md ("The cloud decoder service")``.
 """
 
 from __future__ import annotations
@@ -19,13 +19,7 @@ from dataclasses import replace
 
 import grpc
 
-from tandem.cloud.auth import (
-    Authenticator,
-    PermissionDenied,
-    Principal,
-    Unauthenticated,
-    tls_identity,
-)
+from tandem.cloud.auth import Authenticator, Principal, tls_identity
 from tandem.cloud.engine import Engine, ModelFailure, Stream
 from tandem.cloud.limits import ClientLimiter
 from tandem.cloud.metrics import Metrics
@@ -37,24 +31,12 @@ from tandem.cloud.validation import (
     find_model,
     validate_request,
 )
-from tandem.errors import CodecError, FingerprintMismatch, InputError, Overloaded
-from tandem.rpc import Undecodable
+from tandem.errors import InputError, Overloaded
+from tandem.rpc import STATUS_CODES, Undecodable, status_code
 from tandem.v1 import decoder_pb2, decoder_pb2_grpc
 from tandem.wire import codec_to_proto, compression_to_proto
 
 log = logging.getLogger(__name__)
-
-STATUS_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (CodecError, grpc.StatusCode.INVALID_ARGUMENT),
-    (InputError, grpc.StatusCode.INVALID_ARGUMENT),
-    (FingerprintMismatch, grpc.StatusCode.FAILED_PRECONDITION),
-    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-)
-"""Error -> status, first match wins. Everything else (a ``ModelFailure``, a bug, a
-``TandemError`` no request should cause) is INTERNAL with a message that names the request id
-and the replica, never the exception text: internals stay in this replica's log."""
 
 RETRY_AFTER_KEY = "retry-after-ms"
 """Trailing metadata on RESOURCE_EXHAUSTED from a full queue or client limit: wait this many
@@ -78,14 +60,6 @@ wakes it at once through the RPC's termination callback)."""
 
 _Event = Update | ModelFailure | None
 """What a ``Stream`` carries (see ``Stream``)."""
-
-
-def status_code(exc: BaseException) -> grpc.StatusCode:
-    """The status a client sees for ``exc``: the first match in ``STATUS_CODES``, else INTERNAL."""
-    for kind, code in STATUS_CODES:
-        if isinstance(exc, kind):
-            return code
-    return grpc.StatusCode.INTERNAL
 
 
 class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
@@ -167,7 +141,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
             raise InputError(request.describe())
         principal = self._authenticate(context)
         outcome["client"] = principal.client
-        served = find_model(request.model_fingerprint, self._served)
+        served = find_model(request.model_fingerprint, self._served, principal.models)
         outcome["model"] = served.name
         principal.check_model(served.fingerprint)  # before the tensor is even decoded
         job = validate_request(request, self._served)
@@ -175,6 +149,8 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         self._limiter.acquire(principal.client)
         try:
             stream = engine.submit(job, arrived, deadline)
+            # Who answers, before any token: the edge names the replica when it checks the stream.
+            context.send_initial_metadata(((REPLICA_KEY, self._replica_id),))
             if not context.add_callback(lambda: engine.cancel(stream)):
                 engine.cancel(stream)  # the call ended before we could watch it
             yield from self._relay(stream, engine, context, served, outcome)

@@ -14,7 +14,7 @@ the request, and ``tandem.wire.decode_tensor`` bounds it by the model's limits.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -94,13 +94,24 @@ class Job:
         return len(self.params.prefix) >= self.params.max_new_tokens
 
 
-def find_model(fingerprint: str, served: Mapping[str, ServedModel]) -> ServedModel:
-    """The served model with ``fingerprint``, or FingerprintMismatch listing what is served."""
+def find_model(
+    fingerprint: str,
+    served: Mapping[str, ServedModel],
+    allowed: Collection[str] | None = None,
+) -> ServedModel:
+    """The served model with ``fingerprint``, or FingerprintMismatch listing what is served.
+
+    ``allowed``: the fingerprints the caller may use (None: all). The listing names only
+    those, so an error never tells a device about models its token does not open.
+    """
     if not fingerprint:
         raise InputError("model_fingerprint is empty; set the fingerprint of the encoder's bundle")
     model = served.get(fingerprint)
     if model is None:
-        listing = ", ".join(f"{m.fingerprint} ({m.name})" for m in served.values())
+        visible = [m for m in served.values() if allowed is None or m.fingerprint in allowed]
+        listing = ", ".join(f"{m.fingerprint} ({m.name})" for m in visible) or (
+            "none this caller may use"
+        )
         shown = fingerprint if len(fingerprint) <= 80 else fingerprint[:80] + "..."
         raise FingerprintMismatch(
             f"model_fingerprint {shown!r} is not served by this replica; served: {listing}"

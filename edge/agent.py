@@ -33,10 +33,12 @@ from tandem.edge.cloud_client import CloudClient, CloudOutcome
 from tandem.edge.config import EdgeConfig
 from tandem.edge.metrics import EdgeMetrics
 from tandem.edge.probes import DeviceLoadProbe, ping_beat
+from tandem.edge.stream_check import StreamLimits
 from tandem.errors import (
     CloudDeadline,
     CloudError,
     CloudUnavailable,
+    CloudViolation,
     FingerprintMismatch,
     InputError,
     StreamBroken,
@@ -179,7 +181,10 @@ class Agent:
         )
         self.cloud: CloudClient | None = None
         if config.cloud.enabled:
-            self.cloud = CloudClient(config.cloud)
+            # Every cloud stream is checked against this bundle (edge/stream_check.py).
+            self.cloud = CloudClient(
+                config.cloud, limits=StreamLimits.from_manifest(model.manifest)
+            )
         self.load = DeviceLoadProbe()
         self._stop = threading.Event()
         self._pinger: threading.Thread | None = None
@@ -545,7 +550,14 @@ class Agent:
 
     def _observe_error(self, exc: Exception, sent: float, nbytes: int) -> str:
         now = time.monotonic()
-        if isinstance(exc, StreamBroken):
+        if isinstance(exc, CloudViolation):  # the replica broke the contract: its fault
+            reason = "cloud_violation"
+            self.metrics.violation(exc.reason)
+            log.warning(
+                "cloud violation",
+                extra={"replica": exc.replica, "violation": exc.reason, "tokens": len(exc.tokens)},
+            )
+        elif isinstance(exc, StreamBroken):
             reason = "stream_broken"
         elif isinstance(exc, FingerprintMismatch):
             reason = "fingerprint_mismatch"

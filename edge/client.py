@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from tandem.edge.config import default_socket_path
-from tandem.errors import CloudUnavailable, InputError, TandemError
+from tandem.errors import CloudUnavailable, InputError, Overloaded, TandemError
 from tandem.v1 import decoder_pb2, edge_pb2, edge_pb2_grpc
 
 
@@ -73,6 +73,8 @@ class EdgeClient:
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InputError(exc.details()) from exc
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # busy: max_concurrent
+                raise Overloaded(f"edge agent busy: {exc.details()}", _retry_after_s(exc)) from exc
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise CloudUnavailable(f"edge agent unavailable: {exc.details()}") from exc
             raise TandemError(f"edge agent failed: {exc.code().name}: {exc.details()}") from exc
@@ -93,3 +95,14 @@ class EdgeClient:
 def _finish_name(value: int) -> str:
     name = decoder_pb2.FinishReason.Name(value) if value else "FINISH_REASON_UNSPECIFIED"
     return name.removeprefix("FINISH_REASON_").lower()
+
+
+def _retry_after_s(exc: grpc.RpcError) -> float:
+    """The agent's ``retry-after-ms`` hint, or 0.1 s."""
+    try:
+        for key, value in exc.trailing_metadata() or ():
+            if key == "retry-after-ms":
+                return float(value) / 1000.0
+    except (TypeError, ValueError):
+        pass
+    return 0.1

@@ -28,10 +28,12 @@ from tenacity import (
 )
 
 from tandem.edge.config import CloudSettings
+from tandem.edge.stream_check import StreamCheck, StreamLimits
 from tandem.errors import (
     CloudDeadline,
     CloudError,
     CloudUnavailable,
+    CloudViolation,
     FingerprintMismatch,
     StreamBroken,
 )
@@ -43,6 +45,8 @@ TRANSIENT = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
 )
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+REPLICA_KEY = "tandem-replica-id"
+"""Initial (and trailing) metadata of a Decode call naming the replica that answers it."""
 UNFINISHED = frozenset({decoder_pb2.FINISH_REASON_CANCELLED, decoder_pb2.FINISH_REASON_DEADLINE})
 """Final reasons of a stream the replica ended before the answer was complete."""
 
@@ -181,27 +185,30 @@ class CloudCall:
         except _Transient as exc:  # only if tenacity re-raised directly
             raise map_rpc_error(exc.rpc_error) from exc
         final = None
+        check = StreamCheck(self._request, self._client.limits, _replica(call, self._client))
         try:
             while event is not None:
                 kind = event.WhichOneof("event")
                 if kind == "tokens":
-                    chunk = list(event.tokens.ids)
                     expected = prefix_len + len(tokens)
-                    if event.tokens.start != expected:
-                        raise StreamBroken(
-                            f"cloud chunk starts at {event.tokens.start}, expected {expected}",
-                            tokens,
-                        )
-                    if chunk:
-                        if ttft_s is None:
-                            ttft_s = time.monotonic() - start
-                        tokens.extend(chunk)
-                        if on_tokens is not None:
-                            on_tokens(expected, chunk)
+                    # Nothing reaches the caller before it is checked (CloudViolation carries
+                    # the valid prefix, this chunk's good ids included).
+                    chunk = check.chunk(event.tokens.start, list(event.tokens.ids))
+                    if ttft_s is None:
+                        ttft_s = time.monotonic() - start
+                    tokens.extend(chunk)
+                    if on_tokens is not None:
+                        on_tokens(expected, chunk)
                 elif kind == "final":
                     final = event.final
+                    check.final(final)
                     break
                 event = next(iterator, None)
+        except CloudViolation as exc:
+            call.cancel()  # a replica that broke the contract gets no further reading
+            if exc.tokens[len(tokens) :] and on_tokens is not None:
+                on_tokens(prefix_len + len(tokens), exc.tokens[len(tokens) :])
+            raise
         except grpc.RpcError as exc:
             if self.cancelled:
                 raise CloudUnavailable("cloud call cancelled") from exc
@@ -235,9 +242,17 @@ class CloudCall:
 class CloudClient:
     """One long-lived channel to the cloud replicas, shared by all requests."""
 
-    def __init__(self, settings: CloudSettings, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        settings: CloudSettings,
+        sleep: Callable[[float], None] = time.sleep,
+        limits: StreamLimits | None = None,
+    ):
         self.settings = settings
         self.sleep = sleep
+        self.limits = limits
+        """The edge bundle's vocabulary, EOS and length limit: every cloud stream is checked
+        against them (``StreamCheck``); None checks only what the request itself says."""
         token = settings.bearer_token()
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         options = [
@@ -303,6 +318,17 @@ class CloudClient:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def _replica(call, client: CloudClient) -> str:
+    """Who is streaming: the replica's id from initial metadata, else the configured target."""
+    try:
+        for key, value in call.initial_metadata() or ():
+            if key == REPLICA_KEY:
+                return str(value)[:128]
+    except Exception:  # a fake or old replica may send none; the call may already be over
+        pass
+    return ",".join(client.settings.addresses)
 
 
 def _read(path: str | None) -> bytes | None:

@@ -174,7 +174,8 @@ class EdgeConfig:
     piece_interval_ms: float = 20.0
     """Streamed text pieces are coalesced to at most one message per interval (0: per token)."""
     max_concurrent: int = 8
-    """Requests decoded at once; more wait in line."""
+    """Requests served at once on the local API; one more is RESOURCE_EXHAUSTED at once
+    (edge.proto), so an app learns the agent is busy instead of waiting in an unbounded line."""
     session: EdgeSessionConfig = field(default_factory=EdgeSessionConfig)
     """ONNX Runtime settings; ``intra_op_threads`` defaults to all usable cores but one."""
     cloud: CloudSettings = field(default_factory=CloudSettings)

@@ -27,6 +27,11 @@ class EdgeMetrics:
             "tandem_edge_request_seconds", "End-to-end request latency", ["route"],
             buckets=LATENCY_BUCKETS_S, registry=r,
         )  # fmt: skip
+        self.violations = Counter(
+            "tandem_edge_cloud_violations",
+            "Cloud streams that broke the contract (resumed locally), by what was wrong",
+            ["reason"], registry=r,
+        )  # fmt: skip
         self.rtt = Gauge("tandem_edge_rtt_ms", "Estimated RTT to the cloud (ms)", registry=r)
         self.uplink = Gauge("tandem_edge_uplink_bps", "Estimated uplink (bit/s)", registry=r)
         self.loss = Gauge("tandem_edge_loss_rate", "Recent failure rate of cloud calls", registry=r)
@@ -38,6 +43,10 @@ class EdgeMetrics:
     def fallback(self, reason: str) -> None:
         self.fallbacks.labels(reason=reason).inc()
         self.counts[f"fallback:{reason}"] = self.counts.get(f"fallback:{reason}", 0) + 1
+
+    def violation(self, reason: str) -> None:
+        self.violations.labels(reason=reason).inc()
+        self.counts[f"violation:{reason}"] = self.counts.get(f"violation:{reason}", 0) + 1
 
     def finished(self, outcome) -> None:
         self.requests.labels(route=outcome.route).inc()

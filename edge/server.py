@@ -18,15 +18,29 @@ from pathlib import Path
 
 import grpc
 
+from tandem.admission import Admission, Lane
 from tandem.edge.agent import Agent, Outcome, Request
 from tandem.errors import ConfigError, InputError, TandemError
-from tandem.rpc import Undecodable, add_service
+from tandem.rpc import Undecodable, add_service, status_code
 from tandem.v1 import decoder_pb2, edge_pb2, edge_pb2_grpc
 from tandem.wire import check_request_id
 
 log = logging.getLogger(__name__)
 
 MAX_DEADLINE_MS = 10 * 60 * 1000
+FIRST_MESSAGE_S = 1.0
+"""A local app's request crosses a socket in microseconds; a call silent this long after its
+headers is cancelled (20 such calls once starved the agent)."""
+MAX_WAITING_CALLS = 64
+"""Calls accepted but still waiting for their request message; one more is refused."""
+MIN_REQUEST_BYTES = 4 * 1024 * 1024
+"""The receive limit is never below gRPC's default, so a text well over ``max_text_chars``
+(1 MB, say) still reaches the agent and gets its INVALID_ARGUMENT, not a transport error."""
+
+
+def max_request_bytes(max_text_chars: int) -> int:
+    """Largest GenerateRequest the transport accepts (UTF-8 is at most 4 bytes a character)."""
+    return max(MIN_REQUEST_BYTES, 4 * max_text_chars + 1024)
 
 
 class EdgeServicer(edge_pb2_grpc.EdgeServicer):
@@ -72,11 +86,11 @@ class EdgeServicer(edge_pb2_grpc.EdgeServicer):
                 # per interval instead of one per token (a gRPC message costs ~0.2 ms).
                 if time.monotonic() - last_sent >= interval_s:
                     yield flush()
-        except InputError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except TandemError as exc:
-            log.warning("request failed", extra={"error": str(exc)})
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except TandemError as exc:  # statuses from the one table both services use
+            code = status_code(exc, otherwise=grpc.StatusCode.UNAVAILABLE)
+            if code is not grpc.StatusCode.INVALID_ARGUMENT:
+                log.warning("request failed", extra={"error": str(exc), "code": code.name})
+            context.abort(code, str(exc))
 
     def _validate(self, request: edge_pb2.GenerateRequest | Undecodable, context) -> Request:
         if isinstance(request, Undecodable):
@@ -152,10 +166,51 @@ def _socket_in_use(path: Path) -> bool:
         probe.close()
 
 
+def check_socket_dir(directory: Path) -> None:
+    """ConfigError unless ``directory`` is a real directory of this user that nobody else can
+    write to.
+
+    Why: whoever can write to the directory can unlink the agent's socket and bind their own in
+    its place, and every app then talks to them (the review did exactly that with a
+    pre-created world-writable ``/tmp/tandem-<uid>``). The permissions of the socket file
+    protect nothing if its directory is not ours.
+    """
+    try:
+        st = os.lstat(directory)
+    except OSError as exc:
+        raise ConfigError(
+            f"socket directory {directory}: cannot inspect it: {exc.strerror or exc}"
+        ) from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigError(
+            f"socket directory {directory} is a symbolic link; refusing to serve in it "
+            "(point socket: at a directory owned by this user)"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"socket directory {directory} is not a directory")
+    uid = os.getuid()
+    if st.st_uid != uid:
+        raise ConfigError(
+            f"socket directory {directory} is owned by uid {st.st_uid}, not by this agent's "
+            f"uid {uid}; refusing to serve in it (another user could replace the socket)"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"socket directory {directory} has mode {stat.S_IMODE(st.st_mode):#o}, writable by "
+            f"group or others; refusing to serve in it (chmod 700 {directory}, or remove it)"
+        )
+
+
 def prepare_socket(path: str) -> Path:
-    """Create the socket's directory (owner-only) and clear a stale socket file."""
+    """Create the socket's directory (0700), check it is safe, and clear a stale socket file."""
     sock = Path(path)
-    sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(
+            f"socket directory {sock.parent}: cannot create it: {exc.strerror or exc}"
+        ) from exc
+    check_socket_dir(sock.parent)
     if sock.exists() or sock.is_symlink():
         if not stat.S_ISSOCK(sock.lstat().st_mode):
             raise ConfigError(
@@ -168,12 +223,37 @@ def prepare_socket(path: str) -> Path:
     return sock
 
 
-def create_edge_server(agent: Agent, max_workers: int = 16) -> tuple[grpc.Server, dict]:
-    """Build and start the local API server; returns (server, {"socket": path, "tcp_port": p})."""
+def create_edge_server(agent: Agent, max_workers: int = 2) -> tuple[grpc.Server, dict]:
+    """Build and start the local API server; returns (server, {"socket": path, "tcp_port": p}).
+
+    Generate calls are admitted as ``tandem.admission`` does for the cloud: at most
+    ``max_concurrent`` run, one more is RESOURCE_EXHAUSTED at once (edge.proto), and calls that
+    never send their request wait on threads of their own for at most ``FIRST_MESSAGE_S``, so
+    they cannot starve complete ones. ``max_workers`` only serves what no lane claims.
+    """
     config = agent.config
+    admission = Admission(
+        (
+            Lane(
+                "generate",
+                max_running=config.max_concurrent,
+                max_waiting=MAX_WAITING_CALLS,
+                first_message_s=FIRST_MESSAGE_S,
+                authenticate=False,  # the socket's permissions are the access control
+            ),
+        ),
+        lambda method: "generate",
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="edge"),
-        options=[("grpc.max_receive_message_length", 4 * config.max_text_chars + 1024)],
+        interceptors=(admission,),
+        options=[
+            ("grpc.max_receive_message_length", max_request_bytes(config.max_text_chars)),
+            # No per-connection stream limit: apps share one connection per socket, and a
+            # stream over the limit on a new connection is reset (UNAVAILABLE), not refused
+            # with the RESOURCE_EXHAUSTED edge.proto promises. Admission bounds the work.
+        ],
+        maximum_concurrent_rpcs=admission.threads + MAX_WAITING_CALLS,
     )
     add_service(
         server,

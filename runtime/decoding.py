@@ -368,8 +368,17 @@ class DecodeBatch:
         best = logits.argmax(axis=1).tolist()
         results = []
         for row, token in zip(rows, best, strict=True):
-            if self._forced_last is not None and len(row.tokens) == row.params.max_new_tokens - 1:
-                token = self._forced_last  # as Hugging Face's forced EOS at the length limit
+            if (
+                self._forced_last is not None
+                and len(row.tokens) == row.params.max_new_tokens - 1
+                and not (
+                    self._forced_last == row.eos and len(row.tokens) < row.params.min_new_tokens
+                )
+            ):
+                # As Hugging Face's forced EOS at the length limit; but decoder.proto promises
+                # EOS is suppressed below min_new_tokens, and that promise wins (min == max
+                # gives max tokens, not max - 1 and an EOS).
+                token = self._forced_last
             row.tokens.append(token)
             row.next_token = token
             finish = None

@@ -10,13 +10,16 @@ know they have seen everything; anything else escaping is a bug::
     ├── InputError             a request is unusable (empty, too long, unknown language, ...)
     ├── CodecError             hidden-state bytes do not decode to a valid tensor
     ├── Overloaded             the service is at capacity; retry later
+    ├── Unauthenticated        a call carries no credentials, or unknown ones
+    ├── PermissionDenied       a known caller asked for what it may not use
     └── CloudError             the cloud decoder could not answer
         ├── CloudUnavailable   it cannot be reached (offline, refused, deadline before any token)
         │   └── CloudDeadline  no token before the call's deadline (a stalled link, or cloud)
         └── StreamBroken       the token stream ended early; tokens so far are kept
+            └── CloudViolation the cloud broke the stream contract; the valid prefix is kept
 
-Only ``tandem.cloud.servicer`` maps these to gRPC status codes, and only the edge cloud client
-maps gRPC errors back to them.
+Only ``tandem.rpc.STATUS_CODES`` maps these to gRPC status codes (both services answer through
+it), and only the edge cloud client maps gRPC errors back to them.
 """
 
 from __future__ import annotations
@@ -54,6 +57,14 @@ class Overloaded(TandemError):
         self.retry_after_s = retry_after_s
 
 
+class Unauthenticated(TandemError):
+    """The call carries no credentials, or credentials this replica does not know."""
+
+
+class PermissionDenied(TandemError):
+    """The caller is known but may not use what it asked for (a model outside its list)."""
+
+
 class CloudError(TandemError):
     """The cloud decoder did not produce a complete answer."""
 
@@ -74,3 +85,20 @@ class StreamBroken(CloudError):
     def __init__(self, message: str, tokens: list[int] | None = None) -> None:
         super().__init__(message)
         self.tokens = list(tokens or [])
+
+
+class CloudViolation(StreamBroken):
+    """The cloud sent what the contract forbids (a token outside the vocabulary, EOS inside the
+    stream, more than ``max_new_tokens``, a final event that contradicts the tokens).
+
+    A fault of that replica, never of the app: ``tokens`` holds the valid prefix before the
+    violation, so the agent resumes locally from it like from any broken stream; ``reason``
+    is a short snake_case code for metrics and logs, ``replica`` who sent it (if known).
+    """
+
+    def __init__(
+        self, message: str, tokens: list[int] | None = None, reason: str = "", replica: str = ""
+    ) -> None:
+        super().__init__(message, tokens)
+        self.reason = reason
+        self.replica = replica

@@ -1,4 +1,5 @@
-"""Service registration whose request parsing never ends as INTERNAL.
+"""Service registration whose request parsing never ends as INTERNAL, and the one error ->
+status table of both services.
 
 gRPC Python parses a request before any handler runs; bytes that are not a valid message (a
 truncated frame, a bad varint, invalid UTF-8 in a string field) make the library answer
@@ -9,8 +10,11 @@ fuzzing both services with raw bytes (``tests/cloud/test_properties.py``,
 
 ``add_service`` registers a servicer through its generated ``add_*Servicer_to_server``
 function, but with a parser that turns undecodable bytes into an ``Undecodable`` value instead
-of raising. Handlers check for it first and answer INVALID_ARGUMENT through their own error
-mapping, so the status tables stay in the servicers.
+of raising. Handlers check for it first and answer INVALID_ARGUMENT through ``STATUS_CODES``.
+
+``STATUS_CODES`` is the only place an error of ``tandem.errors`` becomes a gRPC status: the
+cloud decoder (``tandem.cloud.servicer``) and the edge agent's local API (``tandem.edge.server``)
+both answer through ``status_code``, so one error reads the same on either service.
 """
 
 from __future__ import annotations
@@ -23,7 +27,41 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from tandem.errors import (
+    CloudError,
+    CodecError,
+    FingerprintMismatch,
+    InputError,
+    Overloaded,
+    PermissionDenied,
+    Unauthenticated,
+)
+
 log = logging.getLogger(__name__)
+
+
+STATUS_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (CodecError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (FingerprintMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (CloudError, grpc.StatusCode.UNAVAILABLE),
+)
+"""Error -> status, first match wins (``FingerprintMismatch`` before anything it derives from).
+Anything else is ``status_code``'s ``otherwise``: INTERNAL on the cloud (a ``ModelFailure``, a
+bug), whose message then names the request and the replica, never the exception text."""
+
+
+def status_code(
+    exc: BaseException, otherwise: grpc.StatusCode = grpc.StatusCode.INTERNAL
+) -> grpc.StatusCode:
+    """The status a client sees for ``exc``: the first match in ``STATUS_CODES``."""
+    for kind, code in STATUS_CODES:
+        if isinstance(exc, kind):
+            return code
+    return otherwise
 
 
 @dataclass(frozen=True)
@@ -87,4 +125,4 @@ def add_service(
     server.add_registered_method_handlers(capture.service, handlers)
 
 
-__all__ = ["Undecodable", "add_service"]
+__all__ = ["STATUS_CODES", "Undecodable", "add_service", "status_code"]

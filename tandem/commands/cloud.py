@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -99,11 +100,34 @@ def run_serve(args: argparse.Namespace) -> int:
         while not stop.wait(0.5):
             pass
         print("tandem cloud: draining", file=sys.stderr, flush=True)
+        _exit_by(config.grace_period_s + _EXIT_SLACK_S)
         server.drain()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+_EXIT_SLACK_S = 0.9
+"""The process exits at most this long after the grace period, whatever is still open."""
+
+
+def _exit_by(seconds: float) -> None:
+    """Exit 0 after ``seconds`` even if the drain or the interpreter's exit is stuck.
+
+    Why: the drain is bounded (``CloudServer.drain``), but exiting the interpreter joins every
+    worker thread, and a handler stuck where cancellation cannot reach it would keep a
+    SIGTERM'd replica alive (once seen after long attack traffic). Streams have had their
+    grace period and their final events by then.
+    """
+
+    def hard_exit() -> None:
+        print("tandem cloud: shutdown deadline passed; exiting now", file=sys.stderr, flush=True)
+        os._exit(0)
+
+    timer = threading.Timer(seconds, hard_exit)
+    timer.daemon = True
+    timer.start()
 
 
 def _models(server) -> str:

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tandem.edge.agent import Agent
     from tandem.edge.config import load_edge_config
-    from tandem.edge.server import create_edge_server
+    from tandem.edge.server import create_edge_server, prepare_socket
     from tandem.logs import configure
 
     configure(args.log_format, logging.INFO)
@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_edge_config(
         args.config, socket=args.socket, tcp=args.tcp, bundle=args.bundle, cloud=cloud
     )
+    if config.socket:
+        prepare_socket(config.socket)  # an unsafe socket directory fails before the model loads
     agent = Agent(config)
     server, where = create_edge_server(agent)
     if config.metrics_port:
@@ -50,6 +52,6 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     print("tandem edge: draining", flush=True)
-    server.stop(grace=config.drain_s).wait()
+    server.stop(grace=config.drain_s).wait(config.drain_s + 1.0)  # bounded, whatever is open
     agent.close()
     return 0

@@ -49,6 +49,11 @@ def test_defaults_serve_the_default_model_on_loopback():
         ({"session": {"intra_op_threads": -2}}, ["intra_op_threads", "-2"]),
         ({"tls": {"cert_file": "c.pem"}}, ["tls.cert_file", "tls.key_file"]),
         ({"surprise": 1}, ["surprise"]),
+        ({"limits": {"first_message_timeout_s": 0}}, ["limits.first_message_timeout_s", "0"]),
+        ({"limits": {"max_waiting_calls": 0}}, ["limits.max_waiting_calls", "0"]),
+        ({"limits": {"max_health_calls": 1.5}}, ["limits.max_health_calls", "1.5"]),
+        ({"server": {"max_concurrent_streams": 2.5}}, ["server.max_concurrent_streams"]),
+        ({"metrics_public": "yes"}, ["metrics_public", "yes"]),
     ],
 )
 def test_bad_values_name_the_key_and_value(data, words):
@@ -145,3 +150,13 @@ def test_cli_refuses_to_expose_an_unauthenticated_decoder(tmp_path):
     )
     assert result.returncode == 2
     assert "tandem cloud: error:" in result.stderr and "loopback" in result.stderr
+
+
+def test_metrics_on_a_non_loopback_address_need_an_explicit_opt_in():
+    """The metrics endpoint has no authentication; the exposure check once looked only at
+    ``listen``."""
+    with pytest.raises(ConfigError, match="metrics_listen 0.0.0.0:9464 is not a loopback"):
+        parse_cloud_config({"metrics_listen": "0.0.0.0:9464"})
+    config = parse_cloud_config({"metrics_listen": "0.0.0.0:9464", "metrics_public": True})
+    assert config.metrics_public
+    assert not parse_cloud_config({"metrics_listen": "127.0.0.1:9464"}).metrics_public

@@ -24,6 +24,7 @@ def _resources() -> dict[str, dict]:
 
 def test_manifests_parse_and_match_the_config():
     config = load_cloud_config(K8S / "cloud.yaml")  # validates every key
+    assert config.reflection is False, "no service listing on the public port by default"
     docs = _resources()
     assert {"Deployment", "Service", "PodDisruptionBudget"} <= set(docs)
     generated = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))

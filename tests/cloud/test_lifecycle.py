@@ -154,3 +154,88 @@ def test_sigterm_finishes_in_flight_streams_then_exits_0(long_bundle, long_model
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_sigterm_with_an_open_watch_and_a_silent_call_exits_within_grace(long_bundle, tmp_path):
+    """One open Health.Watch once made every shutdown wait the whole grace period; the drain
+    now ends Watch streams, and the process exits within grace + 1 s whatever is open."""
+    grace_s = 5.0
+    config = tmp_path / "cloud.yaml"
+    config.write_text(
+        f"grace_period_s: {grace_s}\nhealth_listen: 127.0.0.1:0\n"
+        "limits:\n  first_message_timeout_s: 60\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tandem.cli", "cloud", "serve", "--config", str(config),
+         "--bundle", str(long_bundle), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    gate = threading.Event()
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"on 127\.0\.0\.1:(\d+) \(.*health 127\.0\.0\.1:(\d+)", line)
+        assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
+        port, health_port = int(match[1]), int(match[2])
+        watches = []
+        for p in (port, health_port):
+            channel = grpc.insecure_channel(f"127.0.0.1:{p}")
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service=""), timeout=60
+            )
+            assert next(watch).status == SERVING
+            watches.append(watch)
+
+        def silence():
+            gate.wait()
+            yield from ()
+
+        silent = grpc.insecure_channel(f"127.0.0.1:{port}").stream_stream(
+            "/tandem.v1.Decoder/Decode", request_serializer=bytes, response_deserializer=bytes
+        )(silence(), timeout=60)
+        time.sleep(0.2)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        for watch in watches:  # each watcher sees NOT_SERVING, then its stream ends
+            statuses = [reply.status for reply in watch]
+            assert statuses[-1] == NOT_SERVING
+        assert proc.wait(grace_s + 5) == 0
+        elapsed = time.monotonic() - started
+        assert elapsed < grace_s + 1.0, elapsed
+        assert silent.code() is not None
+    finally:
+        gate.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigterm_with_only_an_open_watch_does_not_wait_for_the_grace_period(long_bundle, tmp_path):
+    grace_s = 5.0
+    config = tmp_path / "cloud.yaml"
+    config.write_text(f"grace_period_s: {grace_s}\n", encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tandem.cli", "cloud", "serve", "--config", str(config),
+         "--bundle", str(long_bundle), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"on 127\.0\.0\.1:(\d+)", line)
+        assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
+        channel = grpc.insecure_channel(f"127.0.0.1:{match[1]}")
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=60
+        )
+        assert next(watch).status == SERVING
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(grace_s + 5) == 0
+        elapsed = time.monotonic() - started
+        assert elapsed < grace_s / 2, elapsed  # was the whole grace period (5.1 s of 5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -137,3 +137,55 @@ def test_edge_run_daemon_answers_and_exits_0_on_sigterm(tmp_path, text_bundle):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o722, 0o1777])
+def test_a_directory_others_can_write_is_refused(tmp_path, mode):
+    """A pre-created group- or world-writable socket directory (sticky or not) is refused with
+    one line, and the hostile socket planted in it is left alone (it is not ours)."""
+    hostile = tmp_path / "tandem-dir"
+    hostile.mkdir()
+    os.chmod(hostile, mode)
+    with pytest.raises(ConfigError, match=r"writable by group or others") as info:
+        prepare_socket(str(hostile / "edge.sock"))
+    assert "\n" not in str(info.value)
+
+
+def test_a_directory_of_another_user_or_a_symlink_is_refused(tmp_path, monkeypatch):
+    own = tmp_path / "own"
+    own.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(own)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        prepare_socket(str(link / "edge.sock"))
+    real_uid = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: real_uid + 1)
+    with pytest.raises(ConfigError, match=f"owned by uid {real_uid}"):
+        prepare_socket(str(own / "edge.sock"))
+
+
+def test_a_missing_directory_is_created_owner_only(tmp_path):
+    sock = prepare_socket(str(tmp_path / "a" / "b" / "edge.sock"))
+    assert stat.S_IMODE(os.stat(sock.parent).st_mode) == 0o700
+
+
+def test_default_socket_prefers_the_runtime_dir(monkeypatch, tmp_path):
+    from tandem.edge.config import default_socket_path
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert default_socket_path() == str(tmp_path / "tandem" / "edge.sock")
+
+
+def test_edge_run_refuses_a_hostile_socket_directory_with_one_line(tmp_path):
+    hostile = tmp_path / "planted"
+    hostile.mkdir()
+    os.chmod(hostile, 0o777)
+    out = subprocess.run(
+        [sys.executable, "-m", "tandem", "edge", "run", "--socket", str(hostile / "edge.sock"),
+         "--cloud", "127.0.0.1:1"],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    lines = out.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "writable by group or others" in lines[0], lines
+    assert not (hostile / "edge.sock").exists()

@@ -155,6 +155,20 @@ def test_limits_and_forced_first_token(model):
         model.decode(hidden, GenerationParams(max_new_tokens=20, prefix=(5, 1)))
 
 
+@pytest.mark.parametrize("limit", [2, 7, 30])
+def test_min_equal_to_max_gives_max_tokens_without_eos(limit):
+    """decoder.proto: EOS is suppressed until min_new_tokens; the bundle's forced last token
+    (EOS at the length limit) must not break that promise when min == max."""
+    from tandem.defaults import bundle_path
+
+    model = Seq2Seq.load(bundle_path(None))
+    assert model.manifest.forced_last_token == model.manifest.tokens.eos
+    params = model.params(None, limit, limit)
+    out = model.decode(model.encode(model.tokenize("twenty one")), params)
+    eos = model.manifest.tokens.eos
+    assert out.finish == "length" and len(out.ids) == limit and eos not in out.ids
+
+
 def test_bad_sources_are_input_errors(model):
     with pytest.raises(InputError, match="empty"):
         model.encode([])

@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -205,7 +205,7 @@ class Race:
         self._emitted: list[int] = []
         self._result = RaceResult(route="cloud", ids=[], finish="length")
 
-    def run(self) -> Iterator[Piece]:
+    def run(self) -> Generator[Piece, None, RaceResult]:
         threading.Thread(target=self._run_cloud, daemon=True).start()
         try:
             while True:
@@ -256,7 +256,7 @@ class Race:
     def _start_local(self, params: GenerationParams) -> None:
         self._local = LocalRun(self._decode_locally(params), self._events)
 
-    def _handle(self, event: RaceEvent) -> Iterator[Piece]:
+    def _handle(self, event: RaceEvent) -> Generator[Piece, None, bool]:
         """Act on one event, streaming what it adds; returns True when the race is over."""
         result = self._result
         match event:

@@ -34,7 +34,7 @@ from tandem.cloud.validation import (
 from tandem.errors import InputError, Overloaded
 from tandem.rpc import STATUS_CODES, Undecodable, status_code
 from tandem.v1 import decoder_pb2, decoder_pb2_grpc
-from tandem.wire import codec_to_proto, compression_to_proto
+from tandem.wire import codec_to_proto, compression_to_proto, finish_to_proto
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,6 @@ PUSHBACK_KEY = "grpc-retry-pushback-ms"
 REPLICA_KEY = "tandem-replica-id"
 """Trailing metadata on every Decode error: which replica answered."""
 
-_FINISH_REASONS = {
-    "eos": decoder_pb2.FINISH_REASON_EOS,
-    "length": decoder_pb2.FINISH_REASON_LENGTH,
-    "cancelled": decoder_pb2.FINISH_REASON_CANCELLED,
-    "deadline": decoder_pb2.FINISH_REASON_DEADLINE,
-}
 _NO_DEADLINE_S = 1e6
 """gRPC reports a huge time_remaining when the caller set no deadline."""
 _POLL_S = 1.0
@@ -199,7 +193,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
                 self._metrics.finishes.labels(served.name, item.finish).inc()
                 yield decoder_pb2.DecodeEvent(
                     final=decoder_pb2.DecodeFinal(
-                        reason=_FINISH_REASONS[item.finish],
+                        reason=finish_to_proto(item.finish),
                         queue_ms=item.queue_ms,
                         decode_ms=item.decode_ms,
                         token_count=item.token_count,

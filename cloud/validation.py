@@ -171,14 +171,7 @@ def _params(request: decoder_pb2.DecodeRequest, model: ServedModel) -> Generatio
     if which == "forced_first_token":
         forced = _token(p.forced_first_token, "params.forced_first_token", vocab)
     elif which == "target_language":
-        languages = manifest.languages
-        if p.target_language not in languages:
-            known = ", ".join(sorted(languages)) or "none (the model is not multilingual)"
-            raise InputError(
-                f"params.target_language {p.target_language[:40]!r} is not a language of "
-                f"this model; known: {known}"
-            )
-        forced = languages[p.target_language]
+        forced = manifest.language_token(p.target_language, "params.target_language")
     eos = manifest.tokens.eos
     eos_given = None
     if p.HasField("eos_token_id"):

@@ -15,7 +15,8 @@ import grpc
 
 from tandem.edge.config import default_socket_path
 from tandem.errors import CloudUnavailable, InputError, Overloaded, TandemError
-from tandem.v1 import decoder_pb2, edge_pb2, edge_pb2_grpc
+from tandem.v1 import edge_pb2, edge_pb2_grpc
+from tandem.wire import finish_from_proto
 
 
 @dataclass(frozen=True)
@@ -87,14 +88,9 @@ class EdgeClient:
                     text=f.text, ids=list(f.ids), route=f.route, reason=f.reason,
                     fallbacks=list(f.fallbacks), encode_ms=f.encode_ms, upload_ms=f.upload_ms,
                     first_token_ms=f.first_token_ms, total_ms=f.total_ms,
-                    finish=_finish_name(f.finish_reason),
+                    finish=finish_from_proto(f.finish_reason),
                 )  # fmt: skip
         raise TandemError("edge agent closed the stream without a final event")
-
-
-def _finish_name(value: int) -> str:
-    name = decoder_pb2.FinishReason.Name(value) if value else "FINISH_REASON_UNSPECIFIED"
-    return name.removeprefix("FINISH_REASON_").lower()
 
 
 def _retry_after_s(exc: grpc.RpcError) -> float:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
+from collections.abc import Callable
 
 import psutil
 
@@ -30,6 +32,27 @@ def ping_beat(now: float, interval_s: float) -> int:
     if not interval_s > 0:
         raise ValueError(f"ping interval must be > 0, got {interval_s}")
     return math.floor(now / interval_s) + 1
+
+
+def ping_on_beat(
+    ping: Callable[[], float | None],
+    interval_s: float,
+    stop: threading.Event,
+    sent: Callable[[], None],
+    answered: Callable[[float | None], None],
+) -> None:
+    """Until ``stop``: on every beat, ``sent()``, then ``answered(ping())`` (RTT ms or None).
+
+    A fixed beat (not "interval after the last answer") keeps the probe rate the same whether
+    the link is up or down, so an outage is seen at most one interval plus one timeout after
+    it starts — as the simulator's probes see it. The beat is the clock's, not the agent's
+    start (``ping_beat``), so the emulator can line a trace up with it.
+    """
+    beat = ping_beat(time.monotonic(), interval_s)
+    while not stop.wait(max(0.0, beat * interval_s - time.monotonic())):
+        sent()
+        answered(ping())
+        beat = max(beat + 1, ping_beat(time.monotonic(), interval_s))  # a late beat is skipped
 
 
 class DeviceLoadProbe:

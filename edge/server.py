@@ -22,8 +22,8 @@ from tandem.admission import Admission, Lane
 from tandem.edge.agent import Agent, Outcome, Request
 from tandem.errors import ConfigError, InputError, TandemError
 from tandem.rpc import Undecodable, add_service, status_code
-from tandem.v1 import decoder_pb2, edge_pb2, edge_pb2_grpc
-from tandem.wire import check_request_id
+from tandem.v1 import edge_pb2, edge_pb2_grpc
+from tandem.wire import check_request_id, finish_to_proto
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +101,8 @@ class EdgeServicer(edge_pb2_grpc.EdgeServicer):
             check_request_id(request.request_id)  # the cloud's rule: it is forwarded there
         languages = self.agent.model.manifest.languages
         target = request.target_language or None
-        if target is not None and target not in languages:
-            raise InputError(
-                f"target_language: unknown {target!r}; this model knows: "
-                f"{', '.join(sorted(languages)) or 'none'}"
-            )
+        if target is not None:
+            self.agent.model.manifest.language_token(target, "target_language")
         if (
             languages
             and target is None
@@ -147,11 +144,8 @@ def _final(outcome: Outcome) -> edge_pb2.GenerateFinal:
         text=outcome.text,
         ids=outcome.ids,
         token_count=len(outcome.ids),
-        finish_reason=_FINISH.get(outcome.finish, decoder_pb2.FINISH_REASON_LENGTH),
+        finish_reason=finish_to_proto(outcome.finish),
     )
-
-
-_FINISH = {"eos": decoder_pb2.FINISH_REASON_EOS, "length": decoder_pb2.FINISH_REASON_LENGTH}
 
 
 def _socket_in_use(path: Path) -> bool:

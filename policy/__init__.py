@@ -1,11 +1,13 @@
 """Routing policy: observations in, decision out. Pure, deterministic, numpy/stdlib only.
 
-The edge agent and the simulator call exactly these functions::
+The edge agent and the simulator both learn through one ``AgentKnowledge``
+(``tandem.policy.knowledge``: the estimators and the length model below, fed one event at a
+time) and route through the same ``decide``::
 
-    from tandem.policy import (Observations, PolicyConfig, Profile, decide, remember,
-                               NetworkState, observe_rtt, observe_upload, observe_ttft,
-                               observe_outcome, estimate, LengthModel, observe_length,
-                               predict_length)
+    from tandem.policy import AgentKnowledge, PolicyConfig, Profile, decide
+    k = AgentKnowledge(cfg, device); k.probe_result(t, rtt_ms); ...
+    decision = decide(k.observations(t, src_len, lang, encode_ms), device, cloud, cfg,
+                      k.policy_state)
 
 See docs/policy.md for how the pieces fit and docs/simulation.md for how they are evaluated.
 """
@@ -40,11 +42,13 @@ from tandem.policy.estimators import (
     observe_ttft,
     observe_upload,
 )
+from tandem.policy.knowledge import AgentKnowledge
 from tandem.policy.length import LengthModel, LengthPrediction, observe_length, predict_length
 from tandem.policy.observations import Decision, Observations, Route
 from tandem.policy.profile import Profile
 
 __all__ = [
+    "AgentKnowledge",
     "CODECS",
     "POLICIES",
     "Decision",

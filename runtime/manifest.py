@@ -22,7 +22,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tandem.errors import BundleError
+from tandem.errors import BundleError, InputError
 
 FORMAT = "tandem-bundle/1"
 PART_NAMES = ("encoder", "cache_init", "decoder")
@@ -83,6 +83,21 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     """Free-form provenance (exporter version, original checkpoint); not interpreted."""
     fingerprint: str | None = None
+
+    def language_token(self, target: str, field: str | None = None) -> int:
+        """The token forced first for ``target``; an unknown language is the caller's
+        ``InputError``, naming ``field`` (the request field it came from) where given.
+
+        The one check of a target language, for the runtime, the edge's API and the cloud's
+        request validation alike."""
+        token = self.languages.get(target)
+        if token is None:
+            known = ", ".join(sorted(self.languages)) or "none (the model is not multilingual)"
+            where = f"{field}: " if field else ""
+            raise InputError(
+                f"{where}unknown target language {target[:40]!r}; this model knows: {known}"
+            )
+        return token
 
     def to_dict(self) -> dict[str, Any]:
         data = {"format": FORMAT, **asdict(self)}

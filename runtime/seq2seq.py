@@ -88,11 +88,7 @@ class Seq2Seq:
         """Forced first token for a target language (None: the bundle's default, if any)."""
         if target is None:
             return self.manifest.default_forced_first_token
-        languages = self.manifest.languages
-        if target not in languages:
-            known = ", ".join(sorted(languages)) or "none"
-            raise InputError(f"unknown target language {target!r}; this model knows: {known}")
-        return languages[target]
+        return self.manifest.language_token(target)
 
     def params(
         self,

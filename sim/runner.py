@@ -4,9 +4,11 @@ For each request, in arrival order:
 
 1. the device runs the encoder (waiting for a free compute lane) and times it — the ratio to
    the profile's encoder time is the agent's reading of the current CPU load;
-2. everything the agent would have *measured by then* is fed to the estimators — probes
-   leaving and returning, finished (or stalled) uploads, first tokens, call outcomes and
-   finished requests' lengths, each at the instant the agent learns it; never the trace;
+2. everything the agent would have *measured by then* is fed to its
+   ``tandem.policy.knowledge.AgentKnowledge`` — probes leaving and returning, calls turning
+   late, failing or completing, finished requests' lengths, each at the instant the agent
+   learns it; never the trace. The edge agent drives the same object with the same events,
+   so the two learn by one set of rules;
 3. ``tandem.policy.decide`` routes it — the very function the edge agent calls;
 4. the route is played out on the link model and the device: LOCAL decodes on the device at
    its current load; CLOUD uploads, waits, decodes and streams back; a hedge deadline starts
@@ -35,27 +37,23 @@ import numpy as np
 
 from tandem.errors import ConfigError
 from tandem.policy import (
-    NetworkState,
-    Observations,
     PolicyConfig,
-    PolicyState,
     Profile,
     Route,
     decide,
-    estimate,
-    load_from_timing,
-    observe_length,
-    observe_outcome,
-    observe_probe_result,
-    observe_probe_sent,
-    observe_ttft,
-    observe_upload,
     payload_bytes,
-    predict_length,
-    remember,
     slowdown,
 )
-from tandem.policy.length import LengthModel
+from tandem.policy.knowledge import (
+    AgentKnowledge,
+    CallDone,
+    CallFailed,
+    CallLate,
+    Event,
+    ProbeResult,
+    ProbeSent,
+    RequestDone,
+)
 from tandem.sim.link import LinkConfig, cloud_call, loses_packet, probe_rtt_ms, rtt_ms_at
 from tandem.sim.load import LOAD_KINDS, LoadSeries, make_load
 from tandem.sim.trace import Trace
@@ -167,23 +165,57 @@ class RunResult:
     reasons: tuple[str, ...]  # decision reason per request
 
 
-def _probe_events(
-    trace: Trace, scenario: Scenario, draws: Draws
-) -> list[tuple[float, float | None]]:
-    """(time, rtt_ms) for every probe leaving (rtt_ms = nan) and returning (rtt_ms, or None if
-    it timed out), in time order; the same for every policy."""
-    events: list[tuple[float, float | None]] = []
+def _probe_events(trace: Trace, scenario: Scenario, draws: Draws) -> list[ProbeSent | ProbeResult]:
+    """Every probe leaving and returning (``rtt_ms`` None: it timed out), in time order; the
+    same for every policy."""
+    events: list[ProbeSent | ProbeResult] = []
     timeout = scenario.probe_timeout_ms
     for k, jitter in enumerate(draws.probe_jitter):
         t = k * scenario.probe_interval_s
         rtt = probe_rtt_ms(trace, scenario.link, t, float(jitter))
-        events.append((t, math.nan))
+        events.append(ProbeSent(t))
         if rtt <= timeout:
-            events.append((t + rtt / 1000.0, rtt))
+            events.append(ProbeResult(t + rtt / 1000.0, rtt))
         else:
-            events.append((t + timeout / 1000.0, None))
-    events.sort(key=lambda e: e[0])
+            events.append(ProbeResult(t + timeout / 1000.0, None))
+    events.sort(key=lambda e: e.t_s)
     return events
+
+
+class _Senses:
+    """The simulated agent's senses: each event reaches its ``AgentKnowledge`` at the instant
+    the agent would learn it, never earlier.
+
+    Probes come from a list in time order; everything else (a call turning late, a call's
+    end, a finished request) is known when the request is played out but happens later, so
+    it waits in a queue until the next decision's time passes it. On a tie a probe goes
+    first, then events in the order they were queued.
+    """
+
+    def __init__(self, knowledge: AgentKnowledge, probes: list[ProbeSent | ProbeResult]) -> None:
+        self.knowledge = knowledge
+        self._probes = probes
+        self._next_probe = 0
+        self._pending: list[tuple[float, int, Event]] = []  # heap of (time, seq, event)
+        self._seq = 0
+
+    def later(self, event: Event) -> None:
+        heapq.heappush(self._pending, (event.t_s, self._seq, event))
+        self._seq += 1
+
+    def catch_up(self, t_s: float) -> None:
+        """Deliver every event at or before ``t_s``, in time order."""
+        probes, pending = self._probes, self._pending
+        while True:
+            t_probe = probes[self._next_probe].t_s if self._next_probe < len(probes) else math.inf
+            t_heap = pending[0][0] if pending else math.inf
+            if min(t_probe, t_heap) > t_s:
+                return
+            if t_probe <= t_heap:
+                self.knowledge.apply(probes[self._next_probe])
+                self._next_probe += 1
+            else:
+                self.knowledge.apply(heapq.heappop(pending)[2])
 
 
 class _Device:
@@ -293,50 +325,24 @@ def simulate(
     pred_cloud = np.full(n, math.inf)
     reasons: list[str] = []
 
-    est_cfg = cfg.estimators
-    len_cfg = cfg.length
-    net = NetworkState()
-    lengths = LengthModel()
-    pstate = PolicyState()
-    probes = _probe_events(trace, scenario, draws) if not oracle else []
-    probe_i = 0
-    pending: list[tuple[float, int, str, tuple]] = []  # heap of (time, seq, kind, data)
-    seq = 0
+    senses = _Senses(
+        AgentKnowledge(
+            cfg,
+            device,
+            cloud_batch=scenario.cloud_batch,
+            cloud_queue_ms=scenario.cloud_queue_ms,
+        ),
+        _probe_events(trace, scenario, draws) if not oracle else [],
+    )
+    knowledge = senses.knowledge
     budget_left = scenario.byte_budget
     deadline_s = cfg.call_deadline_ms / 1000.0
-
-    def learn(t: float, kind: str, data: tuple) -> None:
-        nonlocal seq
-        heapq.heappush(pending, (t, seq, kind, data))
-        seq += 1
 
     for i, req in enumerate(requests):
         dev.forget_before(req.arrival_s)
         t_e, encoder_ms = dev.encode(req.arrival_s, req.src_len)
 
-        # -- what the agent knows at t_e --------------------------------------------------
-        while True:
-            t_probe = probes[probe_i][0] if probe_i < len(probes) else math.inf
-            t_heap = pending[0][0] if pending else math.inf
-            if min(t_probe, t_heap) > t_e:
-                break
-            if t_probe <= t_heap:
-                t, rtt = probes[probe_i]
-                probe_i += 1
-                if rtt is not None and math.isnan(rtt):
-                    net = observe_probe_sent(net, t)
-                else:
-                    net = observe_probe_result(net, t, rtt, est_cfg)
-                continue
-            t, _, kind, data = heapq.heappop(pending)
-            if kind == "upload":
-                net = observe_upload(net, t, data[0], data[1], est_cfg, finished=data[2])
-            elif kind == "ttft":
-                net = observe_ttft(net, t, data[0], est_cfg)
-            elif kind == "outcome":
-                net = observe_outcome(net, t, data[0], est_cfg)
-            else:  # "length"
-                lengths = observe_length(lengths, data[0], data[1], data[2], len_cfg)
+        senses.catch_up(t_e)  # what the agent knows at t_e
 
         nbytes = payload_bytes(
             req.src_len, device.hidden_size, cfg.codec, cfg.payload_overhead_bytes
@@ -372,27 +378,17 @@ def simulate(
                     route, reason = Route.CLOUD, "cloud_faster"
             reasons.append(reason)
         else:
-            est = estimate(net, t_e, est_cfg)
-            length = predict_length(lengths, req.lang, req.src_len, len_cfg)
-            obs = Observations(
-                src_len=req.src_len,
-                predicted_tokens=length.tokens,
-                predicted_tokens_sd=length.sd,
-                online=not est.outage,
+            obs = knowledge.observations(
+                t_e,
+                req.src_len,
+                req.lang,
+                encoder_ms,
                 local_only=req.local_only,
-                byte_budget_left=budget_left,
-                rtt_ms=est.rtt_ms,
-                rtt_high_ms=est.rtt_high_ms,
-                uplink_bps=est.uplink_bps,
-                uplink_low_bps=est.uplink_low_bps,
-                loss_rate=est.loss_rate,
-                cpu_load=load_from_timing(encoder_ms, device.encoder_ms(req.src_len)),
                 local_backlog_ms=(dev.free_from(t_e) - t_e) * 1000.0,
-                cloud_batch=scenario.cloud_batch,
-                cloud_queue_ms=scenario.cloud_queue_ms,
+                byte_budget_left=budget_left,
             )
-            decision = decide(obs, device, cloud, cfg, pstate)
-            pstate = remember(pstate, decision)
+            decision = decide(obs, device, cloud, cfg, knowledge.policy_state)
+            knowledge.decided(decision)
             pred_local[i], pred_cloud[i] = decision.local_ms, decision.cloud_ms
             reasons.append(decision.reason)
             route, hedge = decision.route, decision.hedge_deadline_ms
@@ -431,12 +427,14 @@ def simulate(
             if budget_left is not None:
                 budget_left -= sent[i]
             if not oracle:
-                _learn_call(learn, tl, t_e, nbytes, late, abandon, done)
+                _learn_call(
+                    senses.later, tl, t_e, nbytes, late, abandon, done, scenario.cloud_queue_ms
+                )
         # The device's fixed per-request cost (its local API, tokenization) is paid whichever
         # route serves the request, outside the compute lanes.
         latency[i] = (finish - req.arrival_s) * 1000.0 + device.request_overhead_ms
         if not oracle:
-            learn(finish, "length", (req.lang, req.src_len, req.steps))
+            senses.later(RequestDone(finish, req.lang, req.src_len, req.steps))
 
     return RunResult(
         trace=trace.name,
@@ -453,32 +451,27 @@ def simulate(
     )
 
 
-def _learn_call(learn, tl, t_e: float, nbytes: int, late, abandon: float, done: float):
-    """Queue what the agent learns from one cloud call, each at the instant it learns it.
-
-    What the real agent (``tandem.edge.agent``) can know, and no more:
+def _learn_call(
+    learn, tl, t_e: float, nbytes: int, late, abandon: float, done: float, queue_ms: float
+) -> None:
+    """Queue the events of one cloud call the real agent (``tandem.edge.agent``) would see, each
+    at the instant it sees it, and no more:
 
     - the call turning late (hedge deadline or call deadline passed without what it waited
-      for): a failed outcome right then, and, if no token has come yet, a *censored*
-      throughput sample — the whole payload over the time spent, an upper bound on the
-      throughput that notices a stall without waiting for it to end. The whole payload, and
-      whether or not the upload had in fact finished: the agent's gRPC call says neither how
-      far the upload got nor whether it is done (no TCP_INFO per call). After a first token
-      the upload is known to be done, so a stream that only ran out of time says nothing
-      about it;
-    - a completed call, from its final message: a successful outcome, the time to first
-      token, and the upload's duration (the agent infers it from that time minus the RTT and
-      the server's own times; the simulator knows it exactly). A call dropped before its end
-      (the hedge's local run won, or it broke at the deadline) teaches nothing more.
+      for): ``CallLate`` if no token has come yet (see ``AgentKnowledge.call_late``), else
+      ``CallFailed`` — after a first token the upload is known to be done, so a stream that
+      only ran out of time says nothing about it;
+    - a completed call, from its final message: ``CallDone`` with the time to first token and
+      the upload's duration (the agent infers it from that time minus the RTT and the server's
+      own times; the simulator knows it exactly) and the cloud's queue report (the simulated
+      service reports its mean wait). A call dropped before its end (the hedge's local run
+      won, or it broke at the deadline) teaches nothing more.
     """
     if late is not None:
-        learn(late, "outcome", (False,))
-        if tl.first_token_s > late:
-            learn(late, "upload", (nbytes, late - t_e, False))
+        learn(CallLate(late, t_e, nbytes) if tl.first_token_s > late else CallFailed(late))
     if done <= abandon:
-        learn(done, "upload", (nbytes, tl.upload_end_s - t_e, True))
-        learn(done, "ttft", ((tl.first_token_s - t_e) * 1000.0,))
-        learn(done, "outcome", (True,))
+        ttft_ms = (tl.first_token_s - t_e) * 1000.0
+        learn(CallDone(done, nbytes, ttft_ms, tl.upload_end_s - t_e, queue_ms))
 
 
 def _cloud_only_end(

@@ -7,7 +7,10 @@ field, and ``codec.decode`` checks everything else. ``build_decode_request`` is 
 single way to fill a ``DecodeRequest``, so the oneof and optional fields are set the same way
 everywhere. ``check_request_id`` is the one rule for request ids: the cloud applies it to every
 request, and the agent to an app's id before forwarding it (so a bad id is the app's error,
-never a cloud failure that counts against the breaker).
+never a cloud failure that counts against the breaker). ``finish_to_proto`` and
+``finish_from_proto`` are the one mapping of finish reasons (``eos``, ``length``,
+``cancelled``, ``deadline``) to ``tandem.v1.FinishReason`` and back, for the cloud's stream and
+the edge's alike.
 """
 
 from __future__ import annotations
@@ -50,7 +53,14 @@ _DTYPE_TO_PROTO: dict[DType, int] = {
     DType.FLOAT16: decoder_pb2.DTYPE_FLOAT16,
     DType.INT8: decoder_pb2.DTYPE_INT8,
 }
+_FINISH_TO_PROTO: dict[str, int] = {
+    "eos": decoder_pb2.FINISH_REASON_EOS,
+    "length": decoder_pb2.FINISH_REASON_LENGTH,
+    "cancelled": decoder_pb2.FINISH_REASON_CANCELLED,
+    "deadline": decoder_pb2.FINISH_REASON_DEADLINE,
+}
 _CODEC_FROM_PROTO = {v: k for k, v in _CODEC_TO_PROTO.items()}
+_FINISH_FROM_PROTO = {v: k for k, v in _FINISH_TO_PROTO.items()}
 _COMPRESSION_FROM_PROTO = {v: k for k, v in _COMPRESSION_TO_PROTO.items()}
 _DTYPE_FROM_PROTO = {v: k for k, v in _DTYPE_TO_PROTO.items()}
 
@@ -63,6 +73,20 @@ def codec_to_proto(codec: Codec) -> int:
 def compression_to_proto(compression: Compression) -> int:
     """The ``tandem.v1.Compression`` number of ``compression``."""
     return _COMPRESSION_TO_PROTO[compression]
+
+
+def finish_to_proto(finish: str) -> int:
+    """The ``tandem.v1.FinishReason`` number of a finish reason; an unknown name is a bug."""
+    try:
+        return _FINISH_TO_PROTO[finish]
+    except KeyError:
+        raise ValueError(f"unknown finish reason {finish!r}") from None
+
+
+def finish_from_proto(value: int, default: str = "unspecified") -> str:
+    """The finish reason of a ``tandem.v1.FinishReason`` number; ``default`` for UNSPECIFIED
+    or a number this version does not know."""
+    return _FINISH_FROM_PROTO.get(value, default)
 
 
 def codec_from_proto(value: int, field: str = "codec") -> Codec:
@@ -194,6 +218,8 @@ __all__ = [
     "compression_to_proto",
     "decode_tensor",
     "dtype_from_proto",
+    "finish_from_proto",
+    "finish_to_proto",
     "from_proto",
     "to_proto",
 ]

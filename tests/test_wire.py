@@ -259,3 +259,15 @@ def test_edge_messages() -> None:
     assert edge_pb2.GenerateRequest.FromString(req.SerializeToString()) == req
     assert edge_pb2.GenerateEvent(final=final).WhichOneof("event") == "final"
     assert event.WhichOneof("event") == "piece"
+
+
+def test_finish_reasons_map_one_to_one_onto_the_wire():
+    """Every named FinishReason but UNSPECIFIED has exactly one finish name, and back."""
+    names = ["eos", "length", "cancelled", "deadline"]
+    numbers = [wire.finish_to_proto(name) for name in names]
+    assert sorted(numbers) == sorted(v for v in decoder_pb2.FinishReason.values() if v != 0)
+    assert [wire.finish_from_proto(n) for n in numbers] == names
+    assert wire.finish_from_proto(decoder_pb2.FINISH_REASON_UNSPECIFIED) == "unspecified"
+    assert wire.finish_from_proto(99, default="length") == "length"  # a newer peer's reason
+    with pytest.raises(ValueError, match="unknown finish reason 'stop'"):
+        wire.finish_to_proto("stop")

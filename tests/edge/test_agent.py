@@ -11,7 +11,6 @@ from faults import SlowModel
 from tandem.edge.agent import Outcome, Piece, Request
 from tandem.edge.probes import ping_beat
 from tandem.emulate.processes import free_port
-from tandem.policy.estimators import estimate
 from tandem.runtime.seq2seq import Seq2Seq
 
 INPUTS = ["w10 w11 w12", "w40 w41", "w7 w8 w9 w20 w33", "w90", "w55 w56 w57 w58"]
@@ -212,8 +211,8 @@ def test_pings_keep_a_fixed_beat_and_time_out_at_ping_timeout(cloud_factory, age
     live.cloud.ping = counted
     time.sleep(1.05)
     now = time.monotonic()
-    up = estimate(live._net, now, live.policy.estimators)
-    down = estimate(dead._net, now, dead.policy.estimators)
+    up = live.knowledge.estimate(now)
+    down = dead.knowledge.estimate(now)
     assert up.rtt_ms is not None and up.rtt_ms < 50 and not up.outage
     assert down.outage
     assert {t for _, t in beats} == {0.05}
@@ -239,7 +238,7 @@ def test_ping_beat_is_the_next_multiple_of_the_interval():
 def _assert_learnt_a_slow_uplink(agent, outcome, expected, text):
     assert outcome.route == "local" and outcome.ids == expected[text]
     assert outcome.fallbacks == ["cloud_unavailable"]
-    est = estimate(agent._net, time.monotonic(), agent.policy.estimators)
+    est = agent.knowledge.estimate(time.monotonic())
     prior = agent.policy.estimators.prior_uplink_bps
     assert est.uplink_bps < prior / 2, (est.uplink_bps, prior)
     assert est.loss_rate > 0
@@ -278,7 +277,7 @@ def test_a_replica_out_of_time_before_any_token_teaches_the_same(
     _, outcome = run(agent, INPUTS[1], target=None, max_new_tokens=4, deadline_s=0.15)
     assert outcome.route == "local" and len(outcome.ids) == 4
     assert outcome.fallbacks == ["cloud_unavailable"]
-    net = agent._net
+    net = agent.knowledge.net
     assert net.consecutive_failures == 1
     assert net.uplink_bps.ewma_t_s == net.last_failure_s  # the censored sample, at the failure
 

@@ -53,7 +53,7 @@ def test_pieces_stream_before_the_final_event(served):
     [
         ({"text": "", "target_language": "fr"}, "text: must not be empty"),
         ({"text": "   ", "target_language": "fr"}, "text: must not be empty"),
-        ({"text": "w5", "target_language": "xx"}, "target_language: unknown 'xx'"),
+        ({"text": "w5", "target_language": "xx"}, "target_language: unknown target language 'xx'"),
         ({"text": "w5"}, "target_language: required"),
         ({"text": "w5", "target_language": "fr", "max_new_tokens": 10_000}, "max_new_tokens"),
         ({"text": "w5 " * 200, "target_language": "fr"}, "at most 64"),

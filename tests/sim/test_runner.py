@@ -10,6 +10,7 @@ import pytest
 from sim_helpers import synthetic_trace
 
 from tandem.policy import PolicyConfig
+from tandem.policy.knowledge import CallDone, CallFailed, CallLate
 from tandem.sim.link import CallTimeline
 from tandem.sim.runner import Scenario, _learn_call, make_draws, run_experiment, simulate
 from tandem.sim.trace import parse_trace
@@ -158,27 +159,21 @@ def test_the_simulated_agent_learns_from_a_call_only_what_the_real_one_can():
     time spent (censored); one that had its first token and then ran out of time teaches only
     a failure; a completed call teaches its upload, first token and success at its end."""
     events = []
-
-    def learn(t, kind, data):
-        events.append((t, kind, data))
+    learn = events.append
 
     stalled = CallTimeline(start_s=0.0, upload_end_s=5.0, decode_start_s=5.1, step_s=0.01,
                            n_tokens=3, owd_s=0.03, token_bytes=4, first_token_s=5.2,
                            last_token_s=5.3)  # fmt: skip
-    _learn_call(learn, stalled, 0.0, 4000, late=2.0, abandon=2.0, done=math.inf)
-    assert events == [(2.0, "outcome", (False,)), (2.0, "upload", (4000, 2.0, False))]
+    _learn_call(learn, stalled, 0.0, 4000, late=2.0, abandon=2.0, done=math.inf, queue_ms=5.0)
+    assert events == [CallLate(2.0, sent_s=0.0, nbytes=4000)]
 
     slow_stream = dataclasses.replace(
         stalled, upload_end_s=0.5, first_token_s=1.0, last_token_s=2.5
     )
     events.clear()
-    _learn_call(learn, slow_stream, 0.0, 4000, late=2.0, abandon=2.0, done=math.inf)
-    assert events == [(2.0, "outcome", (False,))]
+    _learn_call(learn, slow_stream, 0.0, 4000, late=2.0, abandon=2.0, done=math.inf, queue_ms=5.0)
+    assert events == [CallFailed(2.0)]
 
     events.clear()
-    _learn_call(learn, slow_stream, 0.0, 4000, late=None, abandon=2.5, done=2.5)
-    assert events == [
-        (2.5, "upload", (4000, 0.5, True)),
-        (2.5, "ttft", (1000.0,)),
-        (2.5, "outcome", (True,)),
-    ]
+    _learn_call(learn, slow_stream, 0.0, 4000, late=None, abandon=2.5, done=2.5, queue_ms=5.0)
+    assert events == [CallDone(2.5, 4000, ttft_ms=1000.0, upload_s=0.5, queue_ms=5.0)]

@@ -1,0 +1,126 @@
+"""AgentKnowledge: each event teaches what the agent can know from it, and no more."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tandem.policy import PolicyConfig, decide
+from tandem.policy.knowledge import (
+    AgentKnowledge,
+    CallDone,
+    CallFailed,
+    CallLate,
+    ProbeResult,
+    ProbeSent,
+    RequestDone,
+)
+
+
+@pytest.fixture
+def knowledge(device):
+    return AgentKnowledge(PolicyConfig(), device)
+
+
+def test_a_late_call_is_a_failure_and_a_censored_upload_sample(knowledge):
+    knowledge.call_late(3.0, sent_s=1.0, nbytes=4000)
+    net = knowledge.net
+    assert net.consecutive_failures == 1 and net.last_failure_s == 3.0
+    # the censored sample moves the EWMA (4000 B over 2 s) but not the window of finished ones
+    assert net.uplink_bps.values == () and net.uplink_bps.ewma_t_s == 3.0
+    assert math.exp(net.uplink_bps.ewma) == pytest.approx(4000 * 8 / 2.0)
+
+
+def test_a_failed_call_teaches_nothing_about_the_upload(knowledge):
+    knowledge.call_failed(3.0)
+    assert knowledge.net.consecutive_failures == 1 and knowledge.net.uplink_bps.ewma is None
+
+
+def test_a_completed_call_infers_its_upload_from_the_first_token(knowledge):
+    knowledge.probe_sent(0.0)
+    knowledge.probe_result(0.05, 50.0)
+    upload_ms = knowledge.call_done(1.0, 8000, ttft_ms=300.0, queue_ms=20.0, first_step_ms=30.0)
+    assert upload_ms == pytest.approx(300.0 - 50.0 - 20.0 - 30.0)
+    assert knowledge.net.uplink_bps.values == pytest.approx((8000 * 8 / 0.2,))
+    assert knowledge.net.ttft_ms.values == (300.0,) and knowledge.cloud_queue_ms == 20.0
+    assert knowledge.net.consecutive_failures == 0 and knowledge.net.last_success_s == 1.0
+
+
+def test_a_known_upload_time_is_taken_as_it_is(knowledge):
+    assert knowledge.call_done(1.0, 8000, ttft_ms=300.0, upload_s=0.25) == 250.0
+    assert knowledge.net.uplink_bps.values == (8000 * 8 / 0.25,)
+    assert knowledge.cloud_queue_ms == 0.0  # no report: the belief stays
+
+
+def test_a_call_without_a_token_teaches_only_its_success(knowledge):
+    assert knowledge.call_done(1.0, 8000, ttft_ms=None) == 0.0
+    assert knowledge.net.uplink_bps.ewma is None and knowledge.net.last_success_s == 1.0
+
+
+def test_finished_requests_teach_the_length_model(knowledge):
+    before = knowledge.observations(0.0, 10, "fr", 0.0).predicted_tokens
+    for t in range(20):
+        knowledge.request_done(float(t), "fr", 10, 40)
+    assert knowledge.observations(20.0, 10, "fr", 0.0).predicted_tokens == pytest.approx(40, abs=2)
+    assert before != pytest.approx(40, abs=2)
+
+
+def test_observations_read_the_caller_state(knowledge, device):
+    obs = knowledge.observations(
+        0.0,
+        12,
+        "",
+        encode_ms=device.encoder_ms(12) * 2,  # twice the profile's time: half the CPU is busy
+        local_only=True,
+        other_load=0.2,
+        local_backlog_ms=7.0,
+        byte_budget_left=1e6,
+    )
+    assert obs.cpu_load == pytest.approx(0.5) and obs.local_only and obs.local_backlog_ms == 7.0
+    assert obs.byte_budget_left == 1e6 and obs.online and not obs.breaker_open
+    assert knowledge.observations(0.0, 12, "", 0.0, other_load=0.3).cpu_load == 0.3
+    assert not knowledge.observations(0.0, 12, "", 0.0, has_cloud=False).online
+    for _ in range(knowledge.cfg.estimators.outage_failures):
+        knowledge.call_failed(1.0)
+    assert not knowledge.observations(1.0, 12, "", 0.0).online
+    assert knowledge.observations(1.0, 12, "", 0.0, breaker_probe=True).online
+    assert knowledge.observations(1.0, 12, "", 0.0, breaker_open=True).breaker_open
+
+
+def test_only_cost_based_decisions_are_remembered(knowledge, device, cloud):
+    obs = knowledge.observations(0.0, 12, "", 0.0)
+    decision = decide(obs, device, cloud, knowledge.cfg, knowledge.policy_state)
+    knowledge.decided(decision)
+    assert knowledge.policy_state.last_route is decision.route
+    offline = knowledge.observations(0.0, 12, "", 0.0, has_cloud=False)
+    knowledge.decided(decide(offline, device, cloud, knowledge.cfg, knowledge.policy_state))
+    assert knowledge.policy_state.last_route is decision.route
+
+
+def test_apply_is_the_method_of_each_event(device):
+    events = [
+        ProbeSent(0.0),
+        ProbeResult(0.04, 40.0),
+        CallLate(2.0, 1.0, 5000),
+        CallFailed(2.5),
+        CallDone(3.0, 5000, 200.0, None, 4.0, 1.0),
+        RequestDone(3.1, "de", 8, 20),
+        ProbeSent(4.0),
+        ProbeResult(5.0, None),
+    ]
+    held, called = AgentKnowledge(PolicyConfig(), device), AgentKnowledge(PolicyConfig(), device)
+    for event in events:
+        held.apply(event)
+    called.probe_sent(0.0)
+    called.probe_result(0.04, 40.0)
+    called.call_late(2.0, 1.0, 5000)
+    called.call_failed(2.5)
+    called.call_done(3.0, 5000, 200.0, None, 4.0, 1.0)
+    called.request_done(3.1, "de", 8, 20)
+    called.probe_sent(4.0)
+    called.probe_result(5.0, None)
+    assert held.net == called.net and held.lengths == called.lengths
+    assert held.observations(5.0, 8, "de", 1.0) == called.observations(5.0, 8, "de", 1.0)
+    with pytest.raises(TypeError, match="not a knowledge event"):
+        held.apply(("probe", 1.0))

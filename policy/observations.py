@@ -18,6 +18,9 @@ class Route(StrEnum):
 
     LOCAL = "local"
     CLOUD = "cloud"
+    HANDOFF = "handoff"
+    """Decode on the device at once and upload in parallel; the cloud continues from the
+    device's progress when the upload lands, and the faster stream wins."""
 
 
 @dataclass(frozen=True)

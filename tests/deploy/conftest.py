@@ -75,6 +75,11 @@ def podman(tmp_path_factory) -> Podman:
     return Podman(conf)
 
 
+@pytest.fixture(scope="session")
+def nginx_installed() -> None:
+    ensure_installed({"nginx": "nginx"})
+
+
 def extra_ca_certs() -> list[Path]:
     return sorted(EXTRA_CA_DIR.rglob("*.crt")) if EXTRA_CA_DIR.is_dir() else []
 

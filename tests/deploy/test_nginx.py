@@ -28,8 +28,6 @@ from tandem.emulate.inputs import sample_inputs
 from tandem.emulate.processes import CloudProcess, EdgeProcess, free_port
 from tandem.runtime.seq2seq import Seq2Seq
 
-from .conftest import ensure_installed
-
 pytestmark = pytest.mark.nginx
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,9 +66,7 @@ def example_config(listen: int, replicas: list[int], log: Path) -> str:
 
 
 @pytest.fixture
-def nginx(tmp_path):
-    ensure_installed({"nginx": "nginx"})
-
+def nginx(nginx_installed, tmp_path):
     def start(listen: int, replicas: list[int]) -> tuple[subprocess.Popen, Path]:
         log = tmp_path / "access.log"
         (tmp_path / "tandem-cloud.conf").write_text(example_config(listen, replicas, log))

@@ -37,10 +37,14 @@ def copy_tree(dest: Path) -> Path:
 
 
 def build_wheel(src: Path, out: Path) -> Path:
-    """``pip wheel --no-deps`` of the tree at ``src`` into ``out``; the one wheel it wrote."""
+    """``pip wheel --no-deps`` of the tree at ``src`` into ``out``; the one wheel it wrote.
+
+    With build isolation, as docs/deployment.md tells users: the build backend comes from
+    ``[build-system]``, not from whatever this venv happens to have.
+    """
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(out), str(src)],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out),
+         str(src)],
         check=True, timeout=300, capture_output=True,
     )  # fmt: skip
     (wheel,) = out.glob("tandem-*.whl")

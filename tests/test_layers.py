@@ -181,3 +181,12 @@ def test_allowed_edges_pass(tmp_path):
     path.parent.mkdir()
     path.write_text("from tandem import errors\nfrom tandem.v1 import decoder_pb2\nimport numpy\n")
     assert upward_edges(tmp_path, [path]) == []
+
+
+def test_every_package_folder_is_walked():
+    # A component added to pyproject.toml but not to FOLDERS would never be checked.
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    package_dir = config["tool"]["setuptools"]["package-dir"]
+    assert {folder: name for name, folder in package_dir.items()} == FOLDERS

@@ -94,6 +94,15 @@ def test_help_lists_every_subcommand(wheel_venv, outside):
         assert f"    {name} " in out.stdout, name
 
 
+def test_python_m_tandem_cli_is_the_same_command(wheel_venv, outside):
+    out = subprocess.run(
+        [str(wheel_venv / "bin" / "python"), "-m", "tandem.cli", "--help"],
+        cwd=outside, env=ENV, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == tandem(wheel_venv, outside, "--help").stdout
+
+
 def test_generate_with_the_shipped_model(wheel_venv, outside):
     out = tandem(wheel_venv, outside, "generate", "12 7", "--target", "en")
     assert out.returncode == 0, out.stderr

@@ -11,8 +11,9 @@ Kept small on purpose; each helper exists because benchmarks must agree on how t
   also keeps one system's thread pools and imports (torch) out of another system's timings.
 - ``paired_ratio``: the median, over repeats, of a ratio taken within one repeat. Systems run
   back to back within a repeat, so slow drifts in background load cancel out of the ratio.
-- ``print_table`` writes Markdown, so a run's output pastes straight into the docs; the last
-  line a benchmark prints is one JSON object (``print_json_line``) for scripts to read.
+- ``markdown_table`` / ``print_table``: one table format for the terminal and for the results
+  page a benchmark writes (``bench/results.py``); the last line a benchmark prints is one JSON
+  object (``print_json_line``) for scripts to read.
 """
 
 from __future__ import annotations
@@ -140,8 +141,8 @@ def versions(*distributions: str) -> dict[str, str]:
     return found
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A Markdown table; floats get 3 significant digits, None prints as an em dash."""
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table; floats get 3 significant digits, None shows as an em dash."""
 
     def cell(value: Any) -> str:
         if value is None:
@@ -152,10 +153,16 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
     text = [[cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in text)) for i, h in enumerate(headers)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in text:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    return "\n".join(lines)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print ``markdown_table``: a run's output reads like its results page."""
+    print(markdown_table(headers, rows))
 
 
 def print_json_line(result: dict[str, Any]) -> None:

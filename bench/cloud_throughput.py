@@ -28,7 +28,8 @@ the single-request latency (both with batching).
 ``--quick``: concurrency 1 and 16 on the default model, in well under two minutes. The last
 line printed is one JSON object: ``speedup_c16`` (batched tokens/s at concurrency 16 /
 one-at-a-time), ``p50_ratio_c16`` (batched p50 latency at concurrency 16 / at concurrency 1)
-for the first model, and every model's figures under ``models``.
+for the first model, and every model's figures under ``models``. The run writes its results
+page, ``docs/results/cloud_throughput.md`` (``--no-results``: none).
 """
 
 from __future__ import annotations
@@ -49,12 +50,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._common import paired_ratio, print_json_line, print_table  # noqa: E402
+from bench.results import ResultsPage, add_results_arguments  # noqa: E402
 
 OPUS = "random:opus-mt-en-de"
 SOURCE_TOKENS = 16
 TARGETS = {"speedup_c16": 3.0, "p50_ratio_c16": 2.0}
 MODES = {"batched": 64, "one-at-a-time": 1}
 """Mode -> scheduler.max_batch of the replica."""
+HEADERS = ["model", "mode", "clients", "requests", "tokens/s", "p50 ms", "p99 ms"]
 
 
 def opus_bundle(cache: Path) -> Path:
@@ -248,9 +251,10 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict:
         for c in args.concurrency
         for mode in MODES
     ]  # fmt: skip
-    print_table(["model", "mode", "clients", "requests", "tokens/s", "p50 ms", "p99 ms"], rows)
+    print_table(HEADERS, rows)
     summary: dict[str, Any] = {
         "bundle": bundle.name,
+        "rows": rows,
         "speedup": {
             c: paired_ratio(
                 series("batched", c, "tokens_per_s"), series("one-at-a-time", c, "tokens_per_s")
@@ -301,6 +305,7 @@ def main() -> int:
         "worker threads fight the gRPC threads and the load generator for the cores)",
     )
     parser.add_argument("--cache", type=Path, default=ROOT / "build" / "bench" / "local_decode")
+    add_results_arguments(parser)
     args = parser.parse_args()
     if args.concurrency is None:
         args.concurrency = [1, 16] if args.quick else [1, 4, 16, 64]
@@ -340,6 +345,23 @@ def main() -> int:
             for m, s in summaries.items()
         },
     }
+    page = ResultsPage("cloud_throughput", "Results: cloud decoder throughput")
+    page.text(
+        "Two real replicas side by side, continuous batching (`max_batch` 64) and one at a time "
+        f"(`max_batch` 1); fp32 hidden states of {SOURCE_TOKENS}-token sources, {args.tokens} "
+        f"tokens per request, `--threads {args.threads}`; medians of {args.repeats} paired "
+        "repeats. Targets: `speedup_c16 >= 3`, `p50_ratio_c16 <= 2`."
+    )
+    page.table(HEADERS, [row for s in summaries.values() for row in s["rows"]])
+    many = [c for c in args.concurrency if c != 1]
+    page.table(
+        ["model", *(f"speedup c{c}" for c in many), *(f"p50 c{c} / c1" for c in many)],
+        [[m, *(f"{s['speedup'][c]:.2f}x" for c in many),
+          *(f"{s['p50_ratio'][c]:.2f}x" for c in many)]
+         for m, s in summaries.items()],
+    )  # fmt: skip
+    page.json(result)
+    page.write(args.results_dir)
     print_json_line(result)
     return 0
 

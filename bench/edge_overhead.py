@@ -6,9 +6,10 @@ sides decode the same inputs on the same model and threads, locally (the cloud r
 the network's, measured elsewhere); interleaved per input so drift hits both equally.
 Target: overhead <= 2 ms or <= 5 % of the direct time, whichever is larger.
 
-    python bench/edge_overhead.py [--quick] [--bundle DIR] [--requests N]
+    python bench/edge_overhead.py [--quick] [--bundle DIR] [--requests N] [--no-results]
 
-Last line: one JSON object with ``overhead_ms``, ``overhead_frac`` and the medians.
+Last line: one JSON object with ``overhead_ms``, ``overhead_frac`` and the medians. The run
+writes its results page, ``docs/results/edge_overhead.md``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 import yaml
+from results import ResultsPage, add_results_arguments
 
 from tandem.defaults import bundle_path
 from tandem.edge.client import EdgeClient
@@ -37,6 +39,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="60 requests")
+    add_results_arguments(parser)
     args = parser.parse_args()
     n = 60 if args.quick else args.requests
     path = bundle_path(args.bundle)
@@ -97,24 +100,38 @@ def main() -> int:
     print(f"{'path':<22}{'median ms':>12}{'mean ms':>12}")
     print(f"{'runtime directly':<22}{d_med:>12.2f}{d_mean:>12.2f}")
     print(f"{'edge agent (socket)':<22}{a_med:>12.2f}{a_mean:>12.2f}")
-    print(
+    verdict = (
         f"overhead {overhead_ms:.2f} ms per request ({overhead_frac:.1%}); budget "
         f"{budget_ms:.2f} ms -> {'met' if overhead_ms <= budget_ms else 'MISSED'}; "
         f"{n} requests, {tokens / n:.1f} tokens each"
     )
-    print(
-        json.dumps(
-            {
-                "overhead_ms": round(overhead_ms, 3),
-                "overhead_frac": round(overhead_frac, 4),
-                "direct_median_ms": round(d_med, 3),
-                "agent_median_ms": round(a_med, 3),
-                "requests": n,
-                "mismatches": mismatches,
-                "target_met": overhead_ms <= budget_ms,
-            }
-        )
+    print(verdict)
+    summary = {
+        "overhead_ms": round(overhead_ms, 3),
+        "overhead_frac": round(overhead_frac, 4),
+        "direct_median_ms": round(d_med, 3),
+        "agent_median_ms": round(a_med, 3),
+        "requests": n,
+        "mismatches": mismatches,
+        "target_met": overhead_ms <= budget_ms,
+    }
+    page = ResultsPage("edge_overhead", "Results: edge agent overhead")
+    page.text(
+        f"The agent as its own process on a Unix socket vs `Seq2Seq.generate` called directly: "
+        f"same {n} inputs of the default model, same model, {args.threads} intra-op threads, "
+        "interleaved. Target: overhead <= 2 ms or <= 5 % of the direct time, whichever is larger."
     )
+    page.table(
+        ["path", "median ms", "mean ms"],
+        [
+            ["runtime directly", f"{d_med:.2f}", f"{d_mean:.2f}"],
+            ["edge agent (socket)", f"{a_med:.2f}", f"{a_mean:.2f}"],
+        ],
+    )
+    page.text(verdict[0].upper() + verdict[1:] + ".")
+    page.json(summary)
+    page.write(args.results_dir)
+    print(json.dumps(summary))
     return 0
 
 

@@ -40,7 +40,8 @@ reported apart from ``identical`` (int8 may differ by design; its >= 99 % target
 on the trained default model). Needs the ``bench`` extra (``pip install -e '.[bench]'``), in a
 venv of its own (optimum-onnx pins an older transformers). The last line printed is one JSON
 object: ``vs_optimum``, ``vs_optimum_1t``, ``vs_transformers``, ``vs_floor`` (geometric means
-over the cases run), ``rss_vs_optimum``, ``identical`` and the raw figures.
+over the cases run), ``rss_vs_optimum``, ``identical`` and the raw figures. The run writes its
+results page, ``docs/results/local_decode.md`` (``--no-results``: none).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from bench._common import (  # noqa: E402
     serve,
     versions,
 )
+from bench.results import ResultsPage, add_results_arguments  # noqa: E402
 
 #: opus-mt-en-de's shape and special tokens; weights are random.
 MARIAN = dict(
@@ -518,6 +520,7 @@ def main() -> int:
     )
     parser.add_argument("--worker", nargs=2, metavar=("SYSTEM", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
+    add_results_arguments(parser)
     args = parser.parse_args()
     if args.prepare:
         return prepare_main(args.cache, args.int8)
@@ -549,24 +552,25 @@ def main() -> int:
         "src×new", "system", "total ms", "ms/token", "encoder ms", "first step ms", "ms/step",
         "runs ms", "overhead ms/token", "tandem ÷ system",
     ]  # fmt: skip
-    print(
-        f"\nLocal decoding, batch 1, greedy, {args.threads} intra-op threads, medians of "
+    intro = (
+        f"Local decoding, batch 1, greedy, {args.threads} intra-op threads, medians of "
         f"{args.repeats} interleaved runs. runs ms: sum of session.run times (Tandem's floor); "
         "overhead: (total - runs) / new tokens; tandem ÷ system: median of paired ratios."
     )
-    print_table(headers, rows)
-    print()
-    print_table(
-        ["system", "peak RSS MB", "÷ optimum"],
-        [[s, rss_mb[s], rss_mb[s] / rss_mb["optimum"]] for s in systems],
-    )
-    print()
+    print("\n" + intro)
+    rss_headers = ["system", "peak RSS MB", "÷ optimum"]
+    rss_rows = [[s, rss_mb[s], rss_mb[s] / rss_mb["optimum"]] for s in systems]
     target_rows = [
         [key, summary[key], f"<= {limit}", _yes(summary[key] <= limit)]
         for key, limit in TARGETS.items()
     ]
     target_rows.append(["identical", str(identical).lower(), "true", _yes(identical)])
-    print_table(["metric", "value", "target", "holds"], target_rows)
+    target_headers = ["metric", "value", "target", "holds"]
+    print_table(headers, rows)
+    print()
+    print_table(rss_headers, rss_rows)
+    print()
+    print_table(target_headers, target_rows)
     for problem in problems:
         print(f"MISMATCH {problem}")
     elapsed = time.perf_counter() - wall
@@ -585,6 +589,19 @@ def main() -> int:
         "versions": library,
         "cases": summary["cases"],
     }
+    page = ResultsPage("local_decode", "Results: local decoding against optimum and transformers")
+    page.text(
+        intro + " Model: MarianMT the shape of opus-mt-en-de with random weights (see the "
+        "benchmarks page for what is measured)."
+    )
+    page.table(headers, rows)
+    page.table(rss_headers, rss_rows)
+    page.table(target_headers, target_rows)
+    for problem in problems:
+        page.text(f"MISMATCH {problem}")
+    page.text(f"Wall {elapsed:.0f} s; " + ", ".join(f"{k} {v}" for k, v in library.items()) + ".")
+    page.json(result)
+    page.write(args.results_dir)
     print_json_line(result)
     return 0 if identical else 1
 

@@ -33,6 +33,8 @@ disagrees.
     python bench/sim_vs_emulation.py --quick
     python bench/sim_vs_emulation.py --trace mahimahi_tmobile-umts-driving_down.csv \
         --policy threshold --per-request
+
+The run writes its results page, ``docs/results/sim_vs_emulation.md`` (``--no-results``: none).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import print_table
+from results import ResultsPage, add_results_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_REL_ERR = 0.15
@@ -179,6 +183,7 @@ def main() -> int:
         action="store_true",
         help="also print each request's route, reason and latency in both (to stderr)",
     )
+    add_results_arguments(parser)
     args = parser.parse_args()
 
     from tandem.defaults import bundle_path
@@ -259,37 +264,44 @@ def main() -> int:
                     flush=True,
                 )
 
+    headers = ["trace", "policy", "sim mean ms", "emu mean ms", "rel err", "sim p95", "emu p95",
+               "cloud sim/emu", "routes differ", "answered"]  # fmt: skip
+    table = [
+        [r["trace"], r["policy"], str(r["sim_mean_ms"]), str(r["emu_mean_ms"]),
+         f"{100 * r['rel_err']:.1f}%" + ("" if r["rel_err"] <= TARGET_REL_ERR else " MISS"),
+         str(r["sim_p95_ms"]), str(r["emu_p95_ms"]), f"{r['sim_cloud']:.2f}/{r['emu_cloud']:.2f}",
+         r["routes_differ"], r["answered"]]
+        for r in rows
+    ]  # fmt: skip
     print()
-    print("| trace | policy | sim mean ms | emu mean ms | rel err | sim p95 | emu p95 | "
-          "cloud sim/emu | routes differ | answered |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        mark = "" if r["rel_err"] <= TARGET_REL_ERR else " MISS"
-        print(
-            f"| {r['trace']} | {r['policy']} | {r['sim_mean_ms']} | {r['emu_mean_ms']} | "
-            f"{100 * r['rel_err']:.1f}%{mark} | {r['sim_p95_ms']} | {r['emu_p95_ms']} | "
-            f"{r['sim_cloud']:.2f}/{r['emu_cloud']:.2f} | {r['routes_differ']} | {r['answered']} |"
-        )
+    print_table(headers, table)
     max_err = max(r["rel_err"] for r in rows)
-    print()
-    print(
-        json.dumps(
-            {
-                "bench": "sim_vs_emulation",
-                "mode": mode,
-                "requests": n,
-                "rate_per_s": args.rate,
-                "runs": len(rows),
-                "device_overhead_ms": round(device_ms, 3),
-                "cloud_overhead_ms": round(cloud_ms, 3),
-                "max_rel_err": max_err,
-                "mean_rel_err": round(float(np.mean([r["rel_err"] for r in rows])), 3),
-                "target_rel_err": TARGET_REL_ERR,
-                "target_met": max_err <= TARGET_REL_ERR,
-                "wall_s": round(time.monotonic() - started, 1),
-            }
-        )
+    summary = {
+        "bench": "sim_vs_emulation",
+        "mode": mode,
+        "requests": n,
+        "rate_per_s": args.rate,
+        "runs": len(rows),
+        "device_overhead_ms": round(device_ms, 3),
+        "cloud_overhead_ms": round(cloud_ms, 3),
+        "max_rel_err": max_err,
+        "mean_rel_err": round(float(np.mean([r["rel_err"] for r in rows])), 3),
+        "target_rel_err": TARGET_REL_ERR,
+        "target_met": max_err <= TARGET_REL_ERR,
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    page = ResultsPage("sim_vs_emulation", "Results: simulator against emulator (fidelity)")
+    page.text(
+        f"Mode `{mode}` ({why}); {n} requests at {args.rate:g}/s per run, seed {args.seed}. "
+        f"Calibrated on an ideal link: device {device_ms:.2f} ms, cloud {cloud_ms:.2f} ms per "
+        f"request outside the model runs. Target: mean latency within "
+        f"{TARGET_REL_ERR:.0%} per trace x policy."
     )
+    page.table(headers, table)
+    page.json(summary)
+    page.write(args.results_dir)
+    print()
+    print(json.dumps(summary))
     return 0
 
 

@@ -15,7 +15,8 @@ so thread pools that grow on demand reach their working size before the baseline
 
 Prints a table of samples and, last, one JSON line with ``rss_growth_edge``,
 ``rss_growth_cloud`` (relative), ``fd_growth_*``, ``thread_growth_*`` (absolute), the request
-counts and ``pass``.
+counts and ``pass``. The run writes its results page, ``docs/results/soak.md``
+(``--no-results``: none).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 from _common import print_json_line, print_table
+from results import ResultsPage, add_results_arguments
 
 from tandem.defaults import bundle_path
 from tandem.edge.client import EdgeClient
@@ -50,6 +52,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="requests per second")
     parser.add_argument("--clients", type=int, default=2, help="app threads")
     parser.add_argument("--bundle", default=None)
+    add_results_arguments(parser)
     args = parser.parse_args()
     minutes = 2.0 if args.quick else args.minutes
     duration_s = minutes * 60
@@ -91,42 +94,52 @@ def main() -> int:
         for e, c in zip(samples_edge, samples_cloud, strict=True)
     ]  # fmt: skip
     step = max(1, -(-len(rows) // 25))  # at most about 25 rows
-    print_table(
-        ["t (s)", "edge RSS (MiB)", "edge fds", "edge threads",
-         "cloud RSS (MiB)", "cloud fds", "cloud threads"],
-        rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else []),
-    )  # fmt: skip
+    headers = ["t (s)", "edge RSS (MiB)", "edge fds", "edge threads",
+               "cloud RSS (MiB)", "cloud fds", "cloud threads"]  # fmt: skip
+    shown = rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else [])
+    print_table(headers, shown)
     g_edge = growth(samples_edge, warmup_s)
     g_cloud = growth(samples_cloud, warmup_s)
     answered_ok = counts["answered"] == counts["sent"] and counts["mismatched"] == 0
     passed = g_edge.ok and g_cloud.ok and answered_ok
-    print(
+    verdict = (
         f"after {warmup_s:.0f} s warm-up: RSS edge {g_edge.rss:+.1%}, cloud {g_cloud.rss:+.1%} "
         f"(target < {RSS_GROWTH_TARGET:.0%}); fds edge {g_edge.fds:+g}, cloud {g_cloud.fds:+g}; "
         f"threads edge {g_edge.threads:+g}, cloud {g_cloud.threads:+g} (target: no growth); "
         f"{counts['answered']}/{counts['sent']} answered, {counts['mismatched']} mismatched, "
         f"{counts['cloud']} by the cloud"
     )
-    print_json_line(
-        {
-            "minutes": minutes,
-            "warmup_s": warmup_s,
-            "rate_per_s": args.rate,
-            "requests": counts["sent"],
-            "answered": counts["answered"],
-            "mismatched": counts["mismatched"],
-            "cloud_answers": counts["cloud"],
-            "rss_mib_edge": round(samples_edge[-1].rss_bytes / 2**20, 1),
-            "rss_mib_cloud": round(samples_cloud[-1].rss_bytes / 2**20, 1),
-            "rss_growth_edge": round(g_edge.rss, 4),
-            "rss_growth_cloud": round(g_cloud.rss, 4),
-            "fd_growth_edge": g_edge.fds,
-            "fd_growth_cloud": g_cloud.fds,
-            "thread_growth_edge": g_edge.threads,
-            "thread_growth_cloud": g_cloud.threads,
-            "pass": passed,
-        }
+    print(verdict)
+    summary = {
+        "minutes": minutes,
+        "warmup_s": warmup_s,
+        "rate_per_s": args.rate,
+        "requests": counts["sent"],
+        "answered": counts["answered"],
+        "mismatched": counts["mismatched"],
+        "cloud_answers": counts["cloud"],
+        "rss_mib_edge": round(samples_edge[-1].rss_bytes / 2**20, 1),
+        "rss_mib_cloud": round(samples_cloud[-1].rss_bytes / 2**20, 1),
+        "rss_growth_edge": round(g_edge.rss, 4),
+        "rss_growth_cloud": round(g_cloud.rss, 4),
+        "fd_growth_edge": g_edge.fds,
+        "fd_growth_cloud": g_cloud.fds,
+        "thread_growth_edge": g_edge.threads,
+        "thread_growth_cloud": g_cloud.threads,
+        "pass": passed,
+    }
+    page = ResultsPage("soak", "Results: soak")
+    page.text(
+        f"{minutes:g} minutes at {args.rate:g} requests/s from {args.clients} app threads "
+        "through both daemons (`always_cloud`, one in ten `local_only`), every answer checked "
+        "against a local reference. Targets after warm-up: RSS growth < 10 %, no fd growth, "
+        "no thread growth."
     )
+    page.table(headers, shown)
+    page.text(verdict[0].upper() + verdict[1:] + ".")
+    page.json(summary)
+    page.write(args.results_dir)
+    print_json_line(summary)
     return 0 if passed else 1
 
 

@@ -1,8 +1,8 @@
 """The cloud decoder service: tandem.v1.Decoder over continuous batching of model bundles.
 
 ``tandem cloud serve`` is the command; ``create_server(config)`` builds a replica in-process
-(tests, benchmarks, embedding). See ``README.md ("The cloud decoder service")`` for configuration and the client
-contract (status codes, metadata, finish reasons).
+(tests, benchmarks, embedding). See ``docs/configuration.md`` for configuration and
+``docs/cloud-contract.md`` for the client contract (status codes, metadata, finish reasons).
 """
 
 from __future__ import annotations

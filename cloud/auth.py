@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.cloud.config import AuthConfig
+from tandem.config import shown
 from tandem.errors import ConfigError, TandemError
 from tandem.yamlfile import read_yaml
 
@@ -124,7 +125,7 @@ def parse_tokens_env(text: str, name: str) -> list[DeviceToken]:
 def _entry(device_id: Any, token: Any, models: frozenset[str] | None, where: str) -> DeviceToken:
     if not isinstance(device_id, str) or not _DEVICE_RE.match(device_id):
         raise ConfigError(
-            f"{where}: device id {device_id!r} must be 1-128 characters of letters, digits "
+            f"{where}: device id {shown(device_id)} must be 1-128 characters of letters, digits "
             "and ._:@-"
         )
     if not isinstance(token, str) or len(token) < MIN_TOKEN_CHARS or token != token.strip():

@@ -1,69 +1,48 @@
 """CloudConfig: every setting of the cloud decoder service, checked once when it is loaded.
 
 ``cloud.yaml`` is one mapping of sections; ``parse_cloud_config`` turns it into frozen
-dataclasses and rejects unknown keys, wrong types and out-of-range values with a
-``ConfigError`` that names the file, the key and the value. After that the server trusts the
-object. Parsing is pure (no files are opened, no environment is read): the files and the
-environment variable it names are read when the server starts (``tandem.cloud.server``), so a
-config for another machine (a Kubernetes ConfigMap, say) can still be validated here.
+dataclasses (``tandem.config.build``: the field types say what each key takes, each
+dataclass's ``__post_init__`` its bounds) and rejects unknown keys, wrong types and
+out-of-range values with one ``ConfigError`` line naming the file, the key and the value.
+After that the server trusts the object. Parsing is pure (no files are opened, no environment
+is read): the files and the environment variable it names are read when the server starts
+(``tandem.cloud.server``), so a config for another machine (a Kubernetes ConfigMap, say) can
+still be validated here.
 
-Every key is documented in ``README.md ("The cloud decoder service")``; keep the two in step.
+Every key is documented in ``docs/configuration.md``; keep the two in step.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import ipaddress
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from tandem.config import Address, bound, build, merged, require, shown
 from tandem.errors import ConfigError
 from tandem.runtime.options import SessionConfig
 from tandem.yamlfile import read_yaml_mapping
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
-LOG_FORMATS = ("text", "json")
-
-
-@dataclass(frozen=True)
-class Address:
-    """A HOST:PORT to bind; port 0 asks the OS for a free port (tests, benchmarks)."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def is_loopback(self) -> bool:
-        """Only reachable from this machine: safe to serve without authentication."""
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False  # a host name may resolve to anything
-
-    def with_port(self, port: int) -> Address:
-        return dataclasses.replace(self, port=port)
+MAX_PATH_CHARS = 4096
 
 
 def parse_address(value: Any, where: str) -> Address:
     """``"host:port"`` or ``"[v6]:port"`` -> Address; ConfigError naming ``where`` otherwise."""
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where} must be a 'HOST:PORT' string, got {value!r}")
-    if value.startswith("["):
-        host, sep, port = value[1:].partition("]:")
-    else:
-        host, sep, port = value.rpartition(":")
-        if ":" in host:
-            raise ConfigError(f"{where}: write IPv6 addresses as '[addr]:PORT', got {value!r}")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{where} must be 'HOST:PORT' with a port in [0, 65535], got {value!r}")
-    return Address(host, int(port))
+    try:
+        return Address(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{where} {exc}") from None
+
+
+def _text(config: Any, *names: str, limit: int = MAX_PATH_CHARS) -> None:
+    """Each named field is None or a non-empty string of at most ``limit`` characters."""
+    for name in names:
+        value = getattr(config, name)
+        require(
+            value is None or 0 < len(value) <= limit,
+            f"{name} must be a non-empty string (at most {limit} characters), got {shown(value)}",
+        )
 
 
 @dataclass(frozen=True)
@@ -85,6 +64,10 @@ class SchedulerConfig:
     Python and HTTP/2 work per stream per step, which with a full batch outweighs the batched
     step itself; 0 sends every step's tokens at once."""
 
+    def __post_init__(self) -> None:
+        bound(self, "max_batch", "max_queue", "retry_after_ms", ge=1)
+        bound(self, "stream_interval_ms", ge=0)
+
 
 @dataclass(frozen=True)
 class LimitsConfig:
@@ -102,6 +85,11 @@ class LimitsConfig:
     """A stream ends with FINISH_REASON_DEADLINE this long (or two decoding steps, if longer)
     before the caller's deadline, so the final event and its tokens arrive in time."""
 
+    def __post_init__(self) -> None:
+        bound(self, "max_new_tokens", "deadline_margin_ms", ge=0)
+        bound(self, "max_streams_per_client", ge=1)
+        bound(self, "default_deadline_s", gt=0)
+
 
 @dataclass(frozen=True)
 class AuthConfig:
@@ -116,6 +104,9 @@ class AuthConfig:
     """Accept bearer tokens without TLS on a non-loopback address. Only for a network whose
     transport is encrypted by something else (a service mesh); a token sent in clear text is
     a token given away."""
+
+    def __post_init__(self) -> None:
+        _text(self, "tokens_file", "tokens_env")
 
     @property
     def enabled(self) -> bool:
@@ -133,6 +124,9 @@ class TLSConfig:
     client_ca_file: str | None = None
     """PEM CA bundle; when set every client must present a certificate it signed (mTLS)."""
 
+    def __post_init__(self) -> None:
+        _text(self, "cert_file", "key_file", "client_ca_file")
+
     @property
     def enabled(self) -> bool:
         return self.cert_file is not None
@@ -149,12 +143,15 @@ class ServerConfig:
     """Shortest client keepalive ping interval tolerated; more frequent pings get the
     connection closed with ``too_many_pings``."""
 
+    def __post_init__(self) -> None:
+        bound(self, "max_connection_age_s", "keepalive_min_interval_s", gt=0)
+
 
 @dataclass(frozen=True)
 class CloudConfig:
     """The whole service: where to listen, what to serve, how to batch, who may call."""
 
-    listen: Address = field(default_factory=lambda: parse_address(DEFAULT_LISTEN, "listen"))
+    listen: Address = Address(DEFAULT_LISTEN)
     """Address of the Decoder service (plus health and reflection)."""
     health_listen: Address | None = None
     """Extra plaintext address serving only grpc.health.v1: probes (Kubernetes, Docker) that
@@ -167,7 +164,7 @@ class CloudConfig:
     """Model bundle directories or shipped bundle names; empty means the default model."""
     reflection: bool = True
     """Serve gRPC server reflection (grpcurl, grpcui)."""
-    log_format: str = "text"
+    log_format: Literal["text", "json"] = "text"
     """``text`` or ``json`` (one JSON object per line, for log collectors)."""
     grace_period_s: float = 20.0
     """On SIGTERM, in-flight streams get this long to finish; those still running then end
@@ -179,14 +176,46 @@ class CloudConfig:
     tls: TLSConfig = field(default_factory=TLSConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
 
+    def __post_init__(self) -> None:
+        _text(self, "replica_id", limit=128)
+        for i, bundle in enumerate(self.bundles):
+            require(
+                0 < len(bundle) <= MAX_PATH_CHARS,
+                f"bundles[{i}] must be a non-empty path, got {shown(bundle)}",
+            )
+        bound(self, "grace_period_s", ge=0)
+        self._check_exposure()
+
+    def _check_exposure(self) -> None:
+        """Refuse configurations that would hand the decoder, or a token, to the network."""
+        tls = self.tls
+        require(
+            (tls.cert_file is None) == (tls.key_file is None),
+            "tls.cert_file and tls.key_file must be set together",
+        )
+        require(
+            tls.client_ca_file is None or tls.enabled,
+            "tls.client_ca_file needs tls.cert_file and tls.key_file",
+        )
+        if Address(self.listen).is_loopback:
+            return
+        require(
+            self.authenticates,
+            f"listen {self.listen} is not a loopback address and no authentication is "
+            "configured; anyone who can reach it could use the decoder. Set auth.tokens_file "
+            "or auth.tokens_env (or tls.client_ca_file for mTLS), or listen on 127.0.0.1",
+        )
+        require(
+            not self.auth.enabled or tls.enabled or self.auth.allow_plaintext_tokens,
+            f"bearer tokens on non-loopback {self.listen} without TLS would travel in clear "
+            "text; set tls.cert_file and tls.key_file, or auth.allow_plaintext_tokens if a "
+            "service mesh encrypts the transport",
+        )
+
     @property
     def authenticates(self) -> bool:
         """Callers are identified: by bearer token, or by a client certificate (mTLS)."""
         return self.auth.enabled or self.tls.client_ca_file is not None
-
-
-# ---------------------------------------------------------------------------------------------
-# Parsing.
 
 
 def load_cloud_config(path: str | Path | None = None, **overrides: Any) -> CloudConfig:
@@ -199,198 +228,10 @@ def load_cloud_config(path: str | Path | None = None, **overrides: Any) -> Cloud
     where = "cloud config"
     if path is not None:
         path = Path(path)
-        where = path.name
-        data = read_yaml_mapping(path, "cloud config")
-    for key, value in overrides.items():
-        if value is not None:
-            data[key] = value
-    return parse_cloud_config(data, where)
+        data, where = read_yaml_mapping(path, "cloud config"), path.name
+    return parse_cloud_config(merged(data, overrides), where)
 
 
 def parse_cloud_config(data: dict[str, Any] | None, where: str = "cloud config") -> CloudConfig:
     """Validate a loaded mapping; one ConfigError naming ``where``, the key and the value."""
-    data = dict(data or {})
-    _reject_unknown(data, CloudConfig, where, "")
-    values: dict[str, Any] = {}
-    if "listen" in data:
-        values["listen"] = parse_address(data["listen"], f"{where}: listen")
-    for key in ("health_listen", "metrics_listen"):
-        if data.get(key) is not None:
-            values[key] = parse_address(data[key], f"{where}: {key}")
-    if data.get("replica_id") is not None:
-        values["replica_id"] = _string(data["replica_id"], f"{where}: replica_id", limit=128)
-    if data.get("bundles") is not None:
-        bundles = data["bundles"]
-        if isinstance(bundles, str) or not isinstance(bundles, list | tuple):
-            raise ConfigError(f"{where}: bundles must be a list of paths, got {bundles!r}")
-        values["bundles"] = tuple(
-            _string(b, f"{where}: bundles[{i}]") for i, b in enumerate(bundles)
-        )
-    if "reflection" in data:
-        values["reflection"] = _bool(data["reflection"], f"{where}: reflection")
-    if "log_format" in data:
-        fmt = data["log_format"]
-        if fmt not in LOG_FORMATS:
-            raise ConfigError(
-                f"{where}: log_format must be one of {list(LOG_FORMATS)}, got {fmt!r}"
-            )
-        values["log_format"] = fmt
-    if "grace_period_s" in data:
-        values["grace_period_s"] = _number(data["grace_period_s"], f"{where}: grace_period_s", 0)
-    if "session" in data:
-        section = data["session"]
-        if section is not None and not isinstance(section, dict):
-            raise ConfigError(f"{where}: session must be a mapping, got {section!r}")
-        try:
-            values["session"] = SessionConfig.from_dict(section, where=f"{where}: session")
-        except ConfigError as exc:
-            message = str(exc)
-            if not message.startswith(where):  # the runtime's own checks omit the file
-                raise ConfigError(f"{where}: session.{message}") from exc
-            raise
-    values["scheduler"] = _scheduler(data.get("scheduler"), where)
-    values["limits"] = _limits(data.get("limits"), where)
-    values["auth"] = _auth(data.get("auth"), where)
-    values["tls"] = _tls(data.get("tls"), where)
-    values["server"] = _server(data.get("server"), where)
-    config = CloudConfig(**values)
-    _check_exposure(config, where)
-    return config
-
-
-def _check_exposure(config: CloudConfig, where: str) -> None:
-    """Refuse configurations that would hand the decoder, or a token, to the network."""
-    tls = config.tls
-    if (tls.cert_file is None) != (tls.key_file is None):
-        raise ConfigError(f"{where}: tls.cert_file and tls.key_file must be set together")
-    if tls.client_ca_file is not None and not tls.enabled:
-        raise ConfigError(f"{where}: tls.client_ca_file needs tls.cert_file and tls.key_file")
-    if config.listen.is_loopback:
-        return
-    if not config.authenticates:
-        raise ConfigError(
-            f"{where}: listen {config.listen} is not a loopback address and no authentication "
-            "is configured; anyone who can reach it could use the decoder. Set auth.tokens_file "
-            "or auth.tokens_env (or tls.client_ca_file for mTLS), or listen on 127.0.0.1"
-        )
-    if config.auth.enabled and not tls.enabled and not config.auth.allow_plaintext_tokens:
-        raise ConfigError(
-            f"{where}: bearer tokens on non-loopback {config.listen} without TLS would travel "
-            "in clear text; set tls.cert_file and tls.key_file, or auth.allow_plaintext_tokens "
-            "if a service mesh encrypts the transport"
-        )
-
-
-def _scheduler(data: Any, where: str) -> SchedulerConfig:
-    data = _mapping(data, SchedulerConfig, where, "scheduler")
-    return SchedulerConfig(
-        **{
-            key: _integer(
-                value, f"{where}: scheduler.{key}", 0 if key == "stream_interval_ms" else 1
-            )
-            for key, value in data.items()
-        }
-    )
-
-
-def _limits(data: Any, where: str) -> LimitsConfig:
-    data = _mapping(data, LimitsConfig, where, "limits")
-    values: dict[str, Any] = {}
-    if "max_new_tokens" in data:
-        values["max_new_tokens"] = _integer(
-            data["max_new_tokens"], f"{where}: limits.max_new_tokens", 0
-        )
-    if "max_streams_per_client" in data:
-        values["max_streams_per_client"] = _integer(
-            data["max_streams_per_client"], f"{where}: limits.max_streams_per_client", 1
-        )
-    if "default_deadline_s" in data:
-        values["default_deadline_s"] = _number(
-            data["default_deadline_s"], f"{where}: limits.default_deadline_s", 0, exclusive=True
-        )
-    if "deadline_margin_ms" in data:
-        values["deadline_margin_ms"] = _number(
-            data["deadline_margin_ms"], f"{where}: limits.deadline_margin_ms", 0
-        )
-    return LimitsConfig(**values)
-
-
-def _auth(data: Any, where: str) -> AuthConfig:
-    data = _mapping(data, AuthConfig, where, "auth")
-    values: dict[str, Any] = {}
-    for key in ("tokens_file", "tokens_env"):
-        if data.get(key) is not None:
-            values[key] = _string(data[key], f"{where}: auth.{key}")
-    if "allow_plaintext_tokens" in data:
-        values["allow_plaintext_tokens"] = _bool(
-            data["allow_plaintext_tokens"], f"{where}: auth.allow_plaintext_tokens"
-        )
-    return AuthConfig(**values)
-
-
-def _tls(data: Any, where: str) -> TLSConfig:
-    data = _mapping(data, TLSConfig, where, "tls")
-    return TLSConfig(
-        **{
-            key: _string(value, f"{where}: tls.{key}")
-            for key, value in data.items()
-            if value is not None
-        }
-    )
-
-
-def _server(data: Any, where: str) -> ServerConfig:
-    data = _mapping(data, ServerConfig, where, "server")
-    return ServerConfig(
-        **{
-            key: _number(value, f"{where}: server.{key}", 0, exclusive=True)
-            for key, value in data.items()
-        }
-    )
-
-
-def _mapping(data: Any, cls: type, where: str, section: str) -> dict[str, Any]:
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: {section} must be a mapping, got {data!r}")
-    _reject_unknown(data, cls, where, f"{section}.")
-    return data
-
-
-def _reject_unknown(data: dict[str, Any], cls: type, where: str, prefix: str) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(str(k) for k in set(data) - known)
-    if unknown:
-        names = ", ".join(f"{prefix}{k}" for k in unknown)
-        raise ConfigError(f"{where}: unknown key(s) {names}; known: {sorted(known)}")
-
-
-def _integer(value: Any, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{where} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _number(value: Any, where: str, minimum: float, exclusive: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-    if ok:
-        ok = value > minimum if exclusive else value >= minimum
-    if not ok:
-        bound = f"> {minimum}" if exclusive else f">= {minimum}"
-        raise ConfigError(f"{where} must be a number {bound}, got {value!r}")
-    return float(value)
-
-
-def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
-    return value
-
-
-def _string(value: Any, where: str, limit: int = 4096) -> str:
-    if not isinstance(value, str) or not value or len(value) > limit:
-        raise ConfigError(
-            f"{where} must be a non-empty string (at most {limit} characters), got {value!r}"
-        )
-    return value
+    return build(CloudConfig, data, where)

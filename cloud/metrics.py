@@ -3,7 +3,7 @@
 One ``CollectorRegistry`` per server (not the process-global one), so tests and benchmarks
 can run several replicas in one process without metric-name clashes. Names follow Prometheus
 conventions (``_total`` counters, base units: seconds). The list is documented in
-``README.md ("The cloud decoder service")``.
+``docs/cloud-contract.md`` ("Observability").
 """
 
 from __future__ import annotations

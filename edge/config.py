@@ -1,13 +1,13 @@
 """Edge agent configuration (``edge.yaml``): frozen dataclasses, validated once when loaded.
 
-Every key is documented in the README ("Edge agent configuration"). Unknown keys are errors —
-a misspelt ``deadline_s`` must not silently fall back to the default on a fleet of devices.
+``tandem.config.build`` turns the file into ``EdgeConfig``: the field types say what each key
+takes, each dataclass's ``__post_init__`` checks its bounds, unknown keys are errors — a misspelt
+``deadline_s`` must not silently fall back to the default on a fleet of devices. Every key is
+documented in ``docs/configuration.md``; keep the two in step.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 
+from tandem.config import ONE_OR_MANY, Address, FileMode, bound, build, merged, require, shown
 from tandem.errors import ConfigError
 from tandem.policy import PolicyConfig
 from tandem.runtime.codec import parse_codec_spec
@@ -47,13 +48,12 @@ def default_intra_op_threads() -> int:
     return max(1, min(usable, physical) - 1)
 
 
-def edge_session_config(data: Any = None, where: str = "session") -> SessionConfig:
-    """``session`` of ``edge.yaml``: as written, ``intra_op_threads`` defaulting to the agent's."""
-    if data is None:
-        data = {}
-    if isinstance(data, dict) and "intra_op_threads" not in data:
-        data = {**data, "intra_op_threads": default_intra_op_threads()}
-    return SessionConfig.from_dict(data, where)
+@dataclass(frozen=True)
+class EdgeSessionConfig(SessionConfig):
+    """``session`` of ``edge.yaml``: ONNX Runtime settings, with the agent's own thread default."""
+
+    intra_op_threads: int = field(default_factory=default_intra_op_threads)
+    """Threads inside one operator; default: every usable core but one (at least 1)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,10 @@ class BreakerSettings:
     reset_timeout_s: float = 5.0
     """Seconds the breaker stays open before one probe request is let through."""
 
+    def __post_init__(self) -> None:
+        bound(self, "failure_threshold", ge=1)
+        bound(self, "reset_timeout_s", gt=0)
+
 
 @dataclass(frozen=True)
 class CloudSettings:
@@ -70,8 +74,11 @@ class CloudSettings:
 
     enabled: bool = True
     """False: decode everything locally (no channel is opened)."""
-    addresses: tuple[str, ...] = ("127.0.0.1:50051",)
-    """host:port of each replica; several are balanced round-robin on one channel."""
+    addresses: tuple[Address, ...] = field(
+        default=(Address("127.0.0.1:50051"),), metadata=ONE_OR_MANY
+    )
+    """host:port of each replica; several are balanced round-robin on one channel. A single
+    address may be written without the list."""
     deadline_s: float = 10.0
     """Upper bound on one cloud call, retries included; the policy's prediction tightens it."""
     first_token_timeout_s: float = 2.0
@@ -105,6 +112,33 @@ class CloudSettings:
     None: 1 s or ping_interval_s, whichever is shorter."""
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
 
+    def __post_init__(self) -> None:
+        bound(self, "deadline_s", "first_token_timeout_s", "keepalive_s", "backoff_max_s", gt=0)
+        bound(self, "backoff_initial_s", "ping_interval_s", ge=0)
+        bound(self, "max_attempts", ge=1, le=10)
+        require(bool(self.addresses), "addresses must be a non-empty list of host:port")
+        for i, address in enumerate(self.addresses):
+            require(Address(address).port > 0, f"addresses[{i}] needs a port, got {shown(address)}")
+        if self.ping_timeout_s is not None:
+            bound(self, "ping_timeout_s", gt=0)
+        require(
+            self.ping_interval_s == 0 or self.effective_ping_timeout_s <= self.ping_interval_s,
+            f"ping_timeout_s ({self.ping_timeout_s}) must not exceed ping_interval_s "
+            f"({self.ping_interval_s}): pings leave on a fixed beat",
+        )
+        try:
+            parse_codec_spec(self.codec)
+        except Exception as exc:
+            raise ConfigError(f"codec: {exc}") from None
+        require(
+            (self.cert_file is None) == (self.key_file is None),
+            "cert_file and key_file go together",
+        )
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            require(path is None or Path(path).is_file(), f"{name}: no such file {shown(path)}")
+        require(self.token is None or self.token_env is None, "set token or token_env, not both")
+
     @property
     def effective_ping_timeout_s(self) -> float:
         """``ping_timeout_s``, or its default: 1 s or ``ping_interval_s``, if shorter."""
@@ -131,9 +165,9 @@ class EdgeConfig:
     """Model bundle directory or shipped model name (default: the shipped default model)."""
     socket: str = field(default_factory=default_socket_path)
     """Unix domain socket of the local API; empty string disables it."""
-    socket_mode: int = 0o600
+    socket_mode: FileMode = FileMode(0o600)
     """Permissions of the socket file: owner-only unless apps run as another user."""
-    tcp: str | None = None
+    tcp: Address | None = None
     """Optional loopback TCP address (host:port) for the local API, e.g. 127.0.0.1:50061."""
     max_text_chars: int = 4096
     """Longest input text accepted on the local API."""
@@ -141,7 +175,7 @@ class EdgeConfig:
     """Streamed text pieces are coalesced to at most one message per interval (0: per token)."""
     max_concurrent: int = 8
     """Requests decoded at once; more wait in line."""
-    session: SessionConfig = field(default_factory=edge_session_config)
+    session: EdgeSessionConfig = field(default_factory=EdgeSessionConfig)
     """ONNX Runtime settings; ``intra_op_threads`` defaults to all usable cores but one."""
     cloud: CloudSettings = field(default_factory=CloudSettings)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -152,136 +186,51 @@ class EdgeConfig:
     device_speed_factor: float = 1.0
     """Multiplies the device profile's times (the shipped profile was measured on a server)."""
     metrics_port: int | None = None
-    """Serve Prometheus metrics on 127.0.0.1:PORT (None: off)."""
+    """Serve Prometheus metrics on 127.0.0.1:PORT (None or 0: off)."""
     drain_s: float = 10.0
     """On SIGTERM, how long in-flight requests may take to finish."""
 
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
-    values = {}
-    for name, value in data.items():
-        if name == "socket_mode" and isinstance(value, str):
-            try:  # YAML 1.1 reads 0o600 as a string; accept the spelling users write
-                value = int(value, 8)
-            except ValueError as exc:
-                raise ConfigError(f"{where}.socket_mode must be octal like 0o600") from exc
-        if name == "addresses":
-            if isinstance(value, str):
-                value = [value]
-            if not isinstance(value, list) or not value:
-                raise ConfigError(f"{where}.addresses must be a non-empty list of host:port")
-            value = tuple(str(v) for v in value)
-        values[name] = value
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
-
-
-def _positive(where: str, value: Any, allow_zero: bool = False) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{where} must be a number {bound}, got {value!r}")
-
-
-def _check_address(where: str, address: str) -> None:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{where}: {address!r} is not host:port")
+    def __post_init__(self) -> None:
+        if self.tcp is not None:
+            tcp = Address(self.tcp)
+            require(
+                tcp.is_loopback and tcp.port > 0,
+                f"tcp must be a loopback address (the local API has no auth), got {shown(self.tcp)}",
+            )
+        require(
+            bool(self.socket) or self.tcp is not None,
+            "socket: the local API needs a socket path or a tcp address",
+        )
+        bound(self, "socket_mode", ge=0, le=0o777)
+        bound(self, "max_text_chars", "max_concurrent", ge=1)
+        bound(self, "device_speed_factor", gt=0)
+        bound(self, "drain_s", "piece_interval_ms", ge=0)
+        if self.metrics_port is not None:
+            bound(self, "metrics_port", ge=0, le=65535)
 
 
 def validate(config: EdgeConfig, where: str = "edge.yaml") -> EdgeConfig:
-    cloud = config.cloud
-    for name in ("deadline_s", "first_token_timeout_s", "keepalive_s", "backoff_max_s"):
-        _positive(f"{where}: cloud.{name}", getattr(cloud, name))
-    _positive(f"{where}: cloud.backoff_initial_s", cloud.backoff_initial_s, allow_zero=True)
-    _positive(f"{where}: cloud.ping_interval_s", cloud.ping_interval_s, allow_zero=True)
-    if cloud.ping_timeout_s is not None:
-        _positive(f"{where}: cloud.ping_timeout_s", cloud.ping_timeout_s)
-    if cloud.ping_interval_s > 0 and cloud.effective_ping_timeout_s > cloud.ping_interval_s:
-        raise ConfigError(
-            f"{where}: cloud.ping_timeout_s ({cloud.ping_timeout_s}) must not exceed "
-            f"cloud.ping_interval_s ({cloud.ping_interval_s}): pings leave on a fixed beat"
-        )
-    if not isinstance(cloud.max_attempts, int) or not 1 <= cloud.max_attempts <= 10:
-        raise ConfigError(
-            f"{where}: cloud.max_attempts must be in [1, 10], got {cloud.max_attempts!r}"
-        )
-    for address in cloud.addresses:
-        _check_address(f"{where}: cloud.addresses", address)
-    try:
-        parse_codec_spec(cloud.codec)
-    except Exception as exc:
-        raise ConfigError(f"{where}: cloud.codec: {exc}") from exc
-    if (cloud.cert_file is None) != (cloud.key_file is None):
-        raise ConfigError(f"{where}: cloud.cert_file and cloud.key_file go together")
-    for name in ("ca_file", "cert_file", "key_file"):
-        path = getattr(cloud, name)
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(f"{where}: cloud.{name}: no such file {path}")
-    if cloud.token is not None and cloud.token_env is not None:
-        raise ConfigError(f"{where}: set cloud.token or cloud.token_env, not both")
-    if not isinstance(cloud.breaker.failure_threshold, int) or cloud.breaker.failure_threshold < 1:
-        raise ConfigError(f"{where}: cloud.breaker.failure_threshold must be an integer >= 1")
-    _positive(f"{where}: cloud.breaker.reset_timeout_s", cloud.breaker.reset_timeout_s)
-    if config.tcp is not None:
-        _check_address(f"{where}: tcp", config.tcp)
-        host = config.tcp.rpartition(":")[0]
-        if host not in ("127.0.0.1", "localhost", "[::1]", "::1"):
-            raise ConfigError(
-                f"{where}: tcp must be a loopback address (the local API has no auth), got {host}"
-            )
-    if not config.socket and config.tcp is None:
-        raise ConfigError(f"{where}: the local API needs a socket path or a tcp address")
-    if not isinstance(config.socket_mode, int) or not 0 <= config.socket_mode <= 0o777:
-        raise ConfigError(f"{where}: socket_mode must be a permission number like 0o600")
-    for name in ("max_text_chars", "max_concurrent"):
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{where}: {name} must be an integer >= 1, got {value!r}")
-    _positive(f"{where}: device_speed_factor", config.device_speed_factor)
-    _positive(f"{where}: drain_s", config.drain_s, allow_zero=True)
-    _positive(f"{where}: piece_interval_ms", config.piece_interval_ms, allow_zero=True)
+    """``config`` itself: every check runs when an ``EdgeConfig`` is built (``__post_init__``),
+    also by ``dataclasses.replace``. Kept for callers written before that."""
     return config
 
 
 def edge_config_from_dict(data: Any, where: str = "edge.yaml") -> EdgeConfig:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: top level must be a mapping")
-    data = dict(data)
-    nested: dict[str, Any] = {}
-    if "session" in data:
-        nested["session"] = edge_session_config(data.pop("session"), f"{where}: session")
-    if "policy" in data:
-        nested["policy"] = PolicyConfig.from_dict(data.pop("policy"), f"{where}: policy")
-    if "cloud" in data:
-        cloud = data.pop("cloud")
-        cloud = dict(cloud) if isinstance(cloud, dict) else cloud
-        breaker = None
-        if isinstance(cloud, dict) and "breaker" in cloud:
-            breaker = _build(BreakerSettings, cloud.pop("breaker"), f"{where}: cloud.breaker")
-        settings = _build(CloudSettings, cloud, f"{where}: cloud")
-        if breaker is not None:
-            settings = dataclasses.replace(settings, breaker=breaker)
-        nested["cloud"] = settings
-    config = _build(EdgeConfig, data, where)
-    return validate(dataclasses.replace(config, **nested), where)
+    """The ``EdgeConfig`` a loaded ``edge.yaml`` mapping describes; ``where`` names the file."""
+    return build(EdgeConfig, data, where)
 
 
-def load_edge_config(path: str | Path | None) -> EdgeConfig:
-    """Read and validate ``edge.yaml``; no path gives the defaults."""
-    if path is None:
-        return validate(EdgeConfig())
-    path = Path(path)
-    return edge_config_from_dict(read_yaml(path, "edge config"), where=path.name)
+def load_edge_config(path: str | Path | None, **overrides: Any) -> EdgeConfig:
+    """Read and validate ``edge.yaml``; no path gives the defaults.
+
+    ``overrides`` are raw values laid over the file, section by section
+    (``tcp="127.0.0.1:50061"``, ``cloud={"addresses": [...]}``); None means "not given".
+    """
+    data: Any = {}
+    where = "edge.yaml"
+    if path is not None:
+        path = Path(path)
+        data, where = read_yaml(path, "edge config"), path.name
+    if overrides and (data is None or isinstance(data, dict)):
+        data = merged(data, overrides)
+    return build(EdgeConfig, data, where)

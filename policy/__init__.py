@@ -7,7 +7,7 @@ The edge agent and the simulator call exactly these functions::
                                observe_outcome, estimate, LengthModel, observe_length,
                                predict_length)
 
-See README.md ("Routing policy and trace-driven simulation") for how the pieces fit and how they are evaluated.
+See docs/policy.md for how the pieces fit and docs/simulation.md for how they are evaluated.
 """
 
 from __future__ import annotations

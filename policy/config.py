@@ -2,8 +2,9 @@
 
 Three frozen dataclasses — ``PolicyConfig`` holds an ``EstimatorConfig`` and a
 ``LengthConfig`` — so the edge agent and the simulator load one mapping (a YAML section) with
-``PolicyConfig.from_dict`` and then trust the object. Unknown keys are rejected: a typo in a
-margin must fail at start, not silently fall back to a default.
+``PolicyConfig.from_dict`` (``tandem.config.build``) and then trust the object. Unknown keys
+are rejected: a typo in a margin must fail at start, not silently fall back to a default.
+Bounds are checked in ``__post_init__``, so a config built in code is checked too.
 
 Nothing here is tuned per network trace; every default is a general mechanism (a quantile, a
 margin, a prior) whose reason is given on the field.
@@ -11,12 +12,10 @@ margin, a prior) whose reason is given on the field.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from tandem.errors import ConfigError
+from tandem.config import bound, build, one_of, require, shown
 
 POLICIES: tuple[str, ...] = ("always_local", "always_cloud", "threshold", "cost_model")
 """Routing policies ``decide`` implements (the simulator's ``oracle`` is not one: it needs the
@@ -73,40 +72,13 @@ class EstimatorConfig:
     overdue_min_ms: float = 300.0
 
     def __post_init__(self) -> None:
-        _check(self.prior_rtt_ms >= 0, "estimators.prior_rtt_ms must be >= 0", self.prior_rtt_ms)
-        _check(
-            self.prior_uplink_bps > 0,
-            "estimators.prior_uplink_bps must be > 0",
-            self.prior_uplink_bps,
-        )
-        _check(self.prior_weight > 0, "estimators.prior_weight must be > 0", self.prior_weight)
-        _check(self.halflife_s > 0, "estimators.halflife_s must be > 0", self.halflife_s)
-        _check(self.window_s > 0, "estimators.window_s must be > 0", self.window_s)
-        _check(self.max_samples >= 1, "estimators.max_samples must be >= 1", self.max_samples)
-        _check(0 < self.ewma_alpha <= 1, "estimators.ewma_alpha must be in (0, 1]", self.ewma_alpha)
-        _check(self.revert_s > 0, "estimators.revert_s must be > 0", self.revert_s)
-        _check(
-            0 <= self.low_quantile <= 0.5,
-            "estimators.low_quantile must be in [0, 0.5]",
-            self.low_quantile,
-        )
-        _check(
-            0.5 <= self.high_quantile <= 1,
-            "estimators.high_quantile must be in [0.5, 1]",
-            self.high_quantile,
-        )
-        _check(0 < self.loss_alpha <= 1, "estimators.loss_alpha must be in (0, 1]", self.loss_alpha)
-        _check(
-            self.overdue_factor > 0, "estimators.overdue_factor must be > 0", self.overdue_factor
-        )
-        _check(
-            self.overdue_min_ms >= 0, "estimators.overdue_min_ms must be >= 0", self.overdue_min_ms
-        )
-        _check(
-            self.outage_failures >= 1,
-            "estimators.outage_failures must be >= 1",
-            self.outage_failures,
-        )
+        bound(self, "prior_rtt_ms", "overdue_min_ms", ge=0)
+        bound(self, "prior_uplink_bps", "prior_weight", "halflife_s", "window_s", gt=0)
+        bound(self, "revert_s", "overdue_factor", gt=0)
+        bound(self, "max_samples", "outage_failures", ge=1)
+        bound(self, "ewma_alpha", "loss_alpha", gt=0, le=1)
+        bound(self, "low_quantile", ge=0, le=0.5)
+        bound(self, "high_quantile", ge=0.5, le=1)
 
 
 @dataclass(frozen=True)
@@ -127,16 +99,12 @@ class LengthConfig:
     max_tokens: float = 1024.0
 
     def __post_init__(self) -> None:
-        _check(
-            self.prior_intercept >= 0, "length.prior_intercept must be >= 0", self.prior_intercept
-        )
-        _check(self.prior_slope >= 0, "length.prior_slope must be >= 0", self.prior_slope)
-        _check(self.prior_weight > 0, "length.prior_weight must be > 0", self.prior_weight)
-        _check(0 < self.forget <= 1, "length.forget must be in (0, 1]", self.forget)
-        _check(
+        bound(self, "prior_intercept", "prior_slope", ge=0)
+        bound(self, "prior_weight", gt=0)
+        bound(self, "forget", gt=0, le=1)
+        require(
             0 < self.min_tokens <= self.max_tokens,
-            "length.min_tokens must be in (0, max_tokens]",
-            self.min_tokens,
+            f"min_tokens must be in (0, max_tokens], got {shown(self.min_tokens)}",
         )
 
 
@@ -176,61 +144,21 @@ class PolicyConfig:
     length: LengthConfig = field(default_factory=LengthConfig)
 
     def __post_init__(self) -> None:
-        _check(self.policy in POLICIES, f"policy must be one of {list(POLICIES)}", self.policy)
-        _check(self.codec in CODECS, f"codec must be one of {sorted(CODECS)}", self.codec)
-        _check(
-            self.payload_overhead_bytes >= 0,
-            "payload_overhead_bytes must be >= 0",
-            self.payload_overhead_bytes,
-        )
-        _check(self.token_bytes >= 0, "token_bytes must be >= 0", self.token_bytes)
-        _check(0 <= self.max_cpu_load < 1, "max_cpu_load must be in [0, 1)", self.max_cpu_load)
-        _check(0 <= self.hysteresis < 1, "hysteresis must be in [0, 1)", self.hysteresis)
-        _check(self.length_margin_sd >= 0, "length_margin_sd must be >= 0", self.length_margin_sd)
-        _check(self.hedge_factor >= 1, "hedge_factor must be >= 1", self.hedge_factor)
-        _check(self.hedge_slack_ms >= 0, "hedge_slack_ms must be >= 0", self.hedge_slack_ms)
-        _check(self.call_deadline_ms > 0, "call_deadline_ms must be > 0", self.call_deadline_ms)
-        _check(
-            self.threshold_uplink_bps >= 0,
-            "threshold_uplink_bps must be >= 0",
-            self.threshold_uplink_bps,
-        )
-        _check(
-            self.threshold_src_len >= 0, "threshold_src_len must be >= 0", self.threshold_src_len
-        )
+        one_of(self, "policy", POLICIES)
+        one_of(self, "codec", sorted(CODECS))
+        bound(self, "payload_overhead_bytes", "token_bytes", "length_margin_sd", ge=0)
+        bound(self, "hedge_slack_ms", "threshold_uplink_bps", "threshold_src_len", ge=0)
+        bound(self, "max_cpu_load", "hysteresis", ge=0, lt=1)
+        bound(self, "hedge_factor", ge=1)
+        bound(self, "call_deadline_ms", gt=0)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "policy") -> PolicyConfig:
         """Build from a YAML mapping; unknown keys and bad values raise ``ConfigError``."""
-        data = dict(data or {})
-        nested = {}
-        for key, sub in (("estimators", EstimatorConfig), ("length", LengthConfig)):
-            if key in data:
-                nested[key] = _build(sub, data.pop(key), f"{where}.{key}")
-        return _build(cls, data, where, **nested)
+        return build(cls, data, where)
 
 
 def payload_bytes(src_len: int, hidden_size: int, codec: str, overhead_bytes: int = 0) -> int:
     """Bytes one request uploads: hidden states (src_len, hidden) in ``codec`` plus overhead."""
     per_element, per_token = CODECS[codec]
     return src_len * (hidden_size * per_element + per_token) + overhead_bytes
-
-
-def _check(ok: bool, message: str, value: Any) -> None:
-    if not ok or (isinstance(value, float) and math.isnan(value)):
-        raise ConfigError(f"{message}, got {value!r}")
-
-
-def _build(cls: type, data: Any, where: str, **extra: Any) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(names)})")
-    try:
-        return cls(**data, **extra)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None

@@ -11,7 +11,7 @@ Pure on purpose: ``Profile.from_dict`` takes the mapping a caller read with
 ``yaml.safe_load``; reading files belongs to the caller (the CLI, the edge agent).
 
 Slower devices are represented by ``Profile.scaled(factor)``: every time multiplied by one
-device-speed factor (see README.md ("Routing policy and trace-driven simulation") for the default and its rationale).
+device-speed factor (see docs/simulation.md for the default and its rationale).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from tandem.config import shown
 from tandem.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -202,9 +203,11 @@ class Profile:
             raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
         unknown = set(data) - _TOP_KEYS
         if unknown:
-            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+            raise ConfigError(f"{where}: unknown keys {shown(sorted(map(str, unknown)))}")
         if data.get("format") != FORMAT:
-            raise ConfigError(f"{where}: format must be {FORMAT!r}, got {data.get('format')!r}")
+            raise ConfigError(
+                f"{where}: format must be {FORMAT!r}, got {shown(data.get('format'))}"
+            )
         model = data.get("model")
         if not isinstance(model, dict):
             raise ConfigError(f"{where}: model must be a mapping")
@@ -237,7 +240,7 @@ class Profile:
 
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{where} must be a number, got {value!r}")
+        raise ConfigError(f"{where} must be a number, got {shown(value)}")
     return float(value)
 
 
@@ -247,9 +250,11 @@ def _points(rows: Any, keys: tuple[str, ...], where: str) -> list[tuple[float, .
     out = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or set(row) != set(keys):
-            raise ConfigError(f"{where}[{i}] must have exactly the keys {list(keys)}, got {row!r}")
+            raise ConfigError(
+                f"{where}[{i}] must have exactly the keys {list(keys)}, got {shown(row)}"
+            )
         try:
             out.append(tuple(float(row[k]) for k in keys))
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}[{i}]: values must be numbers, got {row!r}") from exc
+            raise ConfigError(f"{where}[{i}]: values must be numbers, got {shown(row)}") from exc
     return out

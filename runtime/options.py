@@ -2,17 +2,17 @@
 
 Why a dataclass of our own rather than ``ort.SessionOptions``: configs are YAML, must be checked
 when loaded (a typo in a provider name should fail at start, not on the first request), and the
-same settings must reach the encoder, the cache initializer and the decoder alike.
+same settings must reach the encoder, the cache initializer and the decoder alike. The edge and
+the cloud config hold it as their ``session`` section, built by ``tandem.config.build``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import onnxruntime as ort
 
-from tandem.errors import ConfigError
+from tandem.config import bound, one_of, require, shown
 
 GRAPH_OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -42,41 +42,16 @@ class SessionConfig:
     part has its own thread pool) and slow those down."""
 
     def __post_init__(self) -> None:
-        if self.intra_op_threads < 0:
-            raise ConfigError(f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
-        if self.inter_op_threads < 0:
-            raise ConfigError(f"inter_op_threads must be >= 0, got {self.inter_op_threads}")
-        if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
-            raise ConfigError(
-                f"graph_optimization must be one of {sorted(GRAPH_OPTIMIZATION_LEVELS)}, "
-                f"got {self.graph_optimization!r}"
-            )
-        if not self.providers:
-            raise ConfigError("providers must name at least one execution provider")
+        bound(self, "intra_op_threads", "inter_op_threads", ge=0)
+        one_of(self, "graph_optimization", sorted(GRAPH_OPTIMIZATION_LEVELS))
+        require(bool(self.providers), "providers must name at least one execution provider")
         available = ort.get_available_providers()
         for provider in self.providers:
-            if provider not in available:
-                raise ConfigError(
-                    f"execution provider {provider!r} is not available in this onnxruntime "
-                    f"build (available: {', '.join(available)})"
-                )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None, where: str = "session") -> SessionConfig:
-        """Build from a YAML mapping, rejecting unknown keys so typos never pass silently."""
-        if data is not None and not isinstance(data, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-        data = dict(data or {})
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-        if "providers" in data:
-            data["providers"] = tuple(data["providers"])
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
+            require(
+                provider in available,
+                f"providers: {shown(provider)} is not available in this onnxruntime build "
+                f"(available: {', '.join(available)})",
+            )
 
     def to_ort(self, spin: bool | None = None) -> ort.SessionOptions:
         """Options for one part; ``spin`` overrides ``allow_spinning`` (see there)."""

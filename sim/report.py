@@ -1,7 +1,7 @@
 """Report: summary rows per trace x policy, the target check, CSV/JSON files and plots.
 
 ``summary.json`` is read by other tools; its keys are a contract (``SUMMARY_KEYS``, documented
-in README.md ("Routing policy and trace-driven simulation")) — add keys, never rename or drop them. Every number is rounded to a
+in docs/simulation.md, "Output files") — add keys, never rename or drop them. Every number is rounded to a
 fixed precision before it is written, so the same seed gives byte-identical files.
 
 Only the CLI prints; ``format_table`` returns text.

@@ -1,6 +1,6 @@
 """Tandem: hybrid edge-cloud inference of encoder-decoder transformers.
 
-The public API is re-exported here; see README.md for the architecture.
+The public API is re-exported here; see docs/index.md for the architecture.
 """
 
 from __future__ import annotations

@@ -26,29 +26,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from prometheus_client import start_http_server
 
     from tandem.edge.agent import Agent
-    from tandem.edge.config import load_edge_config, validate
+    from tandem.edge.config import load_edge_config
     from tandem.edge.server import create_edge_server
     from tandem.logs import configure
 
     configure(args.log_format, logging.INFO)
-    config = load_edge_config(args.config)
-    overrides = {}
-    if args.socket is not None:
-        overrides["socket"] = args.socket
-    if args.tcp is not None:
-        overrides["tcp"] = args.tcp
-    if args.bundle is not None:
-        overrides["bundle"] = args.bundle
+    cloud = None
     if args.cloud is not None:
-        overrides["cloud"] = dataclasses.replace(
-            config.cloud, addresses=tuple(a.strip() for a in args.cloud.split(",") if a.strip())
-        )
-    config = validate(dataclasses.replace(config, **overrides))
+        cloud = {"addresses": [a.strip() for a in args.cloud.split(",") if a.strip()]}
+    config = load_edge_config(
+        args.config, socket=args.socket, tcp=args.tcp, bundle=args.bundle, cloud=cloud
+    )
     agent = Agent(config)
     server, where = create_edge_server(agent)
     if config.metrics_port:

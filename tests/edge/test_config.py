@@ -45,29 +45,50 @@ def test_shipped_example_parses(monkeypatch):
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"colour": 1}, "unknown key(s) ['colour']"),
-        ({"cloud": {"deadline_s": -1}}, "cloud.deadline_s must be a number > 0, got -1"),
-        ({"cloud": {"addresses": ["nohost"]}}, "'nohost' is not host:port"),
+        ({"colour": 1}, "edge.yaml: unknown key colour (known keys: bundle, socket, "),
+        (
+            {"cloud": {"deadlin_s": 1}},
+            "unknown key cloud.deadlin_s (did you mean cloud.deadline_s?)",
+        ),
+        ({"cloud": {"deadline_s": -1}}, "edge.yaml: cloud.deadline_s must be > 0, got -1"),
+        ({"cloud": {"deadline_s": "soon"}}, "cloud.deadline_s must be a number, got 'soon'"),
+        ({"cloud": {"addresses": ["nohost"]}}, "cloud.addresses[0] must be 'HOST:PORT'"),
+        ({"cloud": {"addresses": ["h:0"]}}, "cloud.addresses[0] needs a port, got 'h:0'"),
         ({"cloud": {"addresses": []}}, "addresses must be a non-empty list"),
         ({"cloud": {"codec": "int4"}}, "cloud.codec"),
         ({"cloud": {"max_attempts": 0}}, "max_attempts must be in [1, 10]"),
-        ({"cloud": {"breaker": {"failure_threshold": 0}}}, "failure_threshold must be an integer"),
+        (
+            {"cloud": {"breaker": {"failure_threshold": 0}}},
+            "breaker.failure_threshold must be >= 1",
+        ),
+        (
+            {"cloud": {"breaker": {"failure_threshold": 1.5}}},
+            "failure_threshold must be an integer",
+        ),
         ({"cloud": {"token": "a", "token_env": "B"}}, "not both"),
         ({"cloud": {"ca_file": "/nonexistent/ca.pem"}}, "no such file"),
-        ({"cloud": {"cert_file": "x"}}, "cert_file and cloud.key_file go together"),
+        ({"cloud": {"cert_file": "x"}}, "cloud.cert_file and key_file go together"),
         ({"tcp": "0.0.0.0:5000"}, "tcp must be a loopback address"),
         ({"socket": "", "tcp": None}, "needs a socket path or a tcp address"),
         ({"socket_mode": "rw"}, "socket_mode must be octal"),
         ({"policy": {"policy": "fastest"}}, "policy must be one of"),
         ({"session": {"providers": ["NoSuchProvider"]}}, "not available"),
-        ({"session": ["threads"]}, "session: expected a mapping, got list"),
+        ({"session": ["threads"]}, "session must be a mapping of keys, got ['threads']"),
         ({"session": {"intra_op_threads": -1}}, "intra_op_threads must be >= 0, got -1"),
-        ({"device_speed_factor": 0}, "device_speed_factor must be a number > 0"),
-        ({"cloud": {"ping_timeout_s": 0}}, "cloud.ping_timeout_s must be a number > 0"),
+        ({"device_speed_factor": 0}, "device_speed_factor must be > 0, got 0"),
+        ({"cloud": {"ping_timeout_s": 0}}, "cloud.ping_timeout_s must be > 0, got 0"),
         (
             {"cloud": {"ping_timeout_s": 3}},
-            "ping_timeout_s (3) must not exceed cloud.ping_interval_s (2.0)",
+            "cloud.ping_timeout_s (3.0) must not exceed ping_interval_s (2.0)",
         ),
+        ({"socket": 5}, "edge.yaml: socket must be a string, got 5"),
+        ({"tcp": 5}, "edge.yaml: tcp must be a 'HOST:PORT' string, got 5"),
+        ({"bundle": 5}, "edge.yaml: bundle must be a string, got 5"),
+        ({"cloud": 5}, "edge.yaml: cloud must be a mapping of keys, got 5"),
+        ({"cloud": {"tls": "yes"}}, "cloud.tls must be true or false, got 'yes'"),
+        ({"max_concurrent": True}, "max_concurrent must be an integer, got true"),
+        ({"drain_s": float("nan")}, "drain_s must be a finite number, got nan"),
+        ({"socket_mode": "7" * 100_000}, "socket_mode must be a permission number"),
         ("just a string", "top level must be a mapping"),
     ],
 )
@@ -75,6 +96,7 @@ def test_each_mistake_is_named(data, message):
     with pytest.raises(ConfigError) as info:
         edge_config_from_dict(data)
     assert message in str(info.value)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
 
 
 def test_missing_token_env_is_reported(monkeypatch):

@@ -17,14 +17,16 @@ def test_defaults_are_valid_and_nested_sections_load():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"polcy": "cost_model"}, "unknown keys"),
-        ({"estimators": {"windw_s": 1}}, r"policy\.estimators: unknown keys"),
+        ({"polcy": "cost_model"}, r"policy: unknown key polcy \(did you mean policy\?\)"),
+        ({"estimators": {"windw_s": 1}}, r"unknown key estimators\.windw_s \(did you mean"),
         ({"policy": "fastest"}, "policy must be one of"),
         ({"codec": "bf16"}, "codec must be one of"),
         ({"hedge_factor": 0.5}, r"hedge_factor must be >= 1, got 0\.5"),
-        ({"length": {"forget": 0}}, r"length\.forget"),
-        ({"hysteresis": "a lot"}, "policy"),
-        ({"estimators": []}, "expected a mapping"),
+        ({"length": {"forget": 0}}, r"policy: length\.forget must be in \(0, 1\], got 0"),
+        ({"hysteresis": "a lot"}, "policy: hysteresis must be a number, got 'a lot'"),
+        ({"estimators": []}, r"policy: estimators must be a mapping of keys, got \[\]"),
+        ({"estimators": {"max_samples": 2.5}}, "estimators.max_samples must be an integer"),
+        ({"hedge": "yes"}, "hedge must be true or false, got 'yes'"),
     ],
 )
 def test_bad_config_raises_config_error_naming_the_key(data, message):

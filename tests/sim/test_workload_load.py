@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import importlib.resources
+
 import numpy as np
 import pytest
 
-from tandem.errors import ConfigError
+from tandem.errors import BundleError, ConfigError
 from tandem.sim.load import BURST_LOAD, CALM_LOAD, make_load
-from tandem.sim.workload import make_workload
-from tandem.sim.workload_table import ROWS
+from tandem.sim.workload import load_rows, make_workload
 
 
 def test_workload_table_is_the_default_models_distribution():
-    langs = {r[0] for r in ROWS}
+    rows = load_rows()
+    langs = {r[0] for r in rows}
     assert langs == {"en", "fr", "de", "es"}
-    src = np.repeat([r[1] for r in ROWS], [r[3] for r in ROWS])
-    steps = np.repeat([r[2] for r in ROWS], [r[3] for r in ROWS])
+    src = np.repeat([r[1] for r in rows], [r[3] for r in rows])
+    steps = np.repeat([r[2] for r in rows], [r[3] for r in rows])
     assert src.min() >= 2 and src.max() <= 60  # 1-4 numbers of up to 9 digits
     assert steps.min() >= 3 and steps.max() <= 160
     assert 10 < np.median(steps) < 40
+
+
+def test_workload_table_is_package_data_beside_the_model():
+    """The table ships as package data next to the bundle, read through importlib.resources."""
+    table = importlib.resources.files("tandem") / "models" / "verbalizer" / "workload.csv"
+    assert table.is_file()
+    assert load_rows() == load_rows("verbalizer")
+    with pytest.raises(BundleError, match="no workload table"):
+        load_rows("no-such-model")
 
 
 def test_workload_is_poisson_and_reproducible():

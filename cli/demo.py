@@ -30,8 +30,8 @@ from tandem.runtime.seq2seq import Seq2Seq
 from tandem.sim.runner import DEVICE_SPEED_FACTOR
 
 #: The demo's device is priced as this many times slower than the server it runs on: the
-#: simulator's default scenario (a mid-range phone CPU against a server core; the README's
-#: "Routing policy and trace-driven simulation" gives the rationale).
+#: simulator's default scenario (a mid-range phone CPU against a server core;
+#: ``docs/simulation.md``, "The simulated world (default scenario)", gives the rationale).
 DEMO_DEVICE_SPEED_FACTOR = DEVICE_SPEED_FACTOR
 
 

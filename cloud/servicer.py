@@ -6,7 +6,7 @@ as ``DecodeEvent``s — ``TokenChunk``s (the first at once, then at most one per
 ``scheduler.stream_interval_ms``, each holding the tokens decoded since), then one
 ``DecodeFinal``, sent as soon as the sequence ends. It never
 runs the model itself. Errors become statuses through ``tandem.rpc.STATUS_CODES``, the one
-table of both services, documented for clients in ``README.md ("The cloud decoder service")``.
+table of both services, documented for clients in ``docs/cloud-contract.md`` ("Status codes").
 """
 
 from __future__ import annotations

@@ -181,7 +181,7 @@ def test_edge_run_refuses_a_hostile_socket_directory_with_one_line(tmp_path):
     hostile.mkdir()
     os.chmod(hostile, 0o777)
     out = subprocess.run(
-        [sys.executable, "-m", "tandem", "edge", "run", "--socket", str(hostile / "edge.sock"),
+        [sys.executable, "-m", "tandem.cli", "edge", "run", "--socket", str(hostile / "edge.sock"),
          "--cloud", "127.0.0.1:1"],
         capture_output=True, timeout=60,
     )  # fmt: skip

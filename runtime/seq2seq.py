@@ -143,7 +143,7 @@ class Seq2Seq:
 
     def features(self, audio: Audio | np.ndarray) -> list[np.ndarray]:
         """Log-mel windows (n_mels, n_frames) float32 of audio (an ndarray is at the model's rate)."""
-        front = self._audio_features()
+        front = self._audio_features()  # all windows at once: for tests and tools
         if isinstance(audio, Audio):
             samples = resample(audio.samples, audio.sampling_rate, front.sampling_rate)
         else:
@@ -219,17 +219,27 @@ class Seq2Seq:
             raise InputError(f"bundle {self.manifest.name!r} is a text model; give it text")
         if language is not None:
             speech.language_token(self.manifest, language)  # fail before any work
-        feats = self.features(audio)
-        hiddens = [self.encode_features(f) for f in feats]
-        if language is None and self.manifest.speech.multilingual:
-            language = self.detect_language(hiddens[0])
-        params = self.speech_params(language, max_new_tokens)
+        front = self._audio_features()
+        if isinstance(audio, Audio):
+            samples = resample(audio.samples, audio.sampling_rate, front.sampling_rate)
+        else:
+            samples = np.asarray(audio, dtype=np.float32)
+        if samples.ndim != 1:
+            raise InputError(f"audio must be mono samples (n,), got shape {samples.shape}")
         tokens = self.manifest.tokens
+        params = None
         done, ids, texts = [], [], []
-        for hidden in hiddens:
-            window = self.decode(hidden, params)
-            done.append(window)
-            new = speech.as_transformers(window.ids[len(params.prefix) :], tokens.eos, tokens.pad)
+        for window in windows(samples, front):  # one window in memory at a time
+            hidden = self.encode_features(log_mel(window, front))
+            if params is None:
+                if language is None and self.manifest.speech.multilingual:
+                    language = self.detect_language(hidden)  # from the first window, as HF
+                params = self.speech_params(language, max_new_tokens)
+            generation = self.decode(hidden, params)
+            done.append(generation)
+            new = speech.as_transformers(
+                generation.ids[len(params.prefix) :], tokens.eos, tokens.pad
+            )
             ids += new
             text = self.detokenize(new)
             if text is not None and text.strip():

@@ -138,6 +138,7 @@ def build_whisper(
     n_mels: int = 80,
     max_length: int = 24,
     perturb: bool = True,
+    eos_boost: float = 1.0,
 ) -> Path:
     """A random-weight Whisper checkpoint with a real-looking generation config.
 
@@ -191,6 +192,7 @@ def build_whisper(
                     param.add_(torch.randn_like(param) * 0.3)
                 elif "proj_out" in name:
                     param.normal_(0.0, 1.0)
+                    param[eos] *= eos_boost  # > 1: sequences end early, exercising EOS
     model.generation_config = tf.GenerationConfig(
         decoder_start_token_id=sot,
         bos_token_id=eos,

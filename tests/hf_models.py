@@ -248,3 +248,27 @@ def whisper_generate(model, features, language: str | None, max_new_tokens: int 
             torch.from_numpy(features[None]), do_sample=False, num_beams=1, **kwargs
         )
     return out[0].tolist()
+
+
+def write_whisper_tokenizer(path: Path, multilingual: bool = True) -> None:
+    """A word-level ``tokenizers`` JSON over a Whisper vocabulary: ``w17 w942 …`` ↔ ids, the
+    special tokens (``<|endoftext|>``, ``<|en|>``, ``<|notimestamps|>``, …) marked special so
+    decoding drops them, as Whisper's own tokenizer does."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    eos = 50257 if multilingual else 50256
+    size = 51865 if multilingual else 51864
+    vocab = {f"w{i}": i for i in range(eos)}
+    special = {eos: "<|endoftext|>", eos + 1: "<|startoftranscript|>"}
+    if multilingual:
+        special.update({v: f"<|{k}|>" for k, v in WHISPER_LANGS.items()})
+        special.update({50358: "<|translate|>", 50359: "<|transcribe|>", 50363: "<|notimestamps|>"})
+    else:
+        special[50362] = "<|notimestamps|>"
+    for i in range(eos, size):
+        vocab[special.get(i, f"<|special{i}|>")] = i
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens([AddedToken(t, special=True) for t, i in vocab.items() if i >= eos])
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.save(str(path))

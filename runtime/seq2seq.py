@@ -196,7 +196,10 @@ class Seq2Seq:
         ``language`` None on a multilingual model must be resolved first (``detect_language``).
         """
         lang = speech.language_token(self.manifest, language)
-        task = "transcribe" if self.manifest.speech.multilingual else None
+        multilingual = self.manifest.speech.multilingual
+        if multilingual and lang is None and self.manifest.languages:
+            raise InputError("a multilingual model needs a language (see detect_language)")
+        task = "transcribe" if multilingual else None
         prompt = speech.build_prompt(self.manifest, lang, task)
         new = speech.max_new_tokens(self.manifest, len(prompt), max_new_tokens)
         prefix = tuple(prompt[1:])  # the start token is fed by the engine itself

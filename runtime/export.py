@@ -150,7 +150,8 @@ def export_hf(
         if family == "whisper"
         else transformers.AutoModelForSeq2SeqLM
     )
-    model = model_class.from_pretrained(str(hf_dir), attn_implementation="eager").eval()
+    # .float(): a checkpoint saved in fp16/bf16 still exports the fp32 graphs the runtime feeds.
+    model = model_class.from_pretrained(str(hf_dir), attn_implementation="eager").float().eval()
     generation_config = getattr(model, "generation_config", None)
     audio = speech = None
     if family == "whisper":

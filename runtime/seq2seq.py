@@ -51,13 +51,14 @@ class Transcription:
     """The windows' texts, stripped and joined with one space; None without a tokenizer."""
     language: str | None
     """The language decoded (given or detected); None for an English-only model."""
-    windows: list[Generation]
-    """Per window: its prompt after the start token, then its generated ids."""
+    segments: list[Generation]
+    """Per decoding run: its prompt after the start token, then its generated ids. A window is
+    one run, or more where the model emits timestamp tokens (see ``speech.split_segments``)."""
 
     @property
     def finish(self) -> str:
-        """``eos`` when every window ended on EOS; ``length`` when one was cut short."""
-        return "eos" if all(w.finish == "eos" for w in self.windows) else "length"
+        """``eos`` when every run ended on EOS; ``length`` when one was cut short."""
+        return "eos" if all(w.finish == "eos" for w in self.segments) else "length"
 
 
 class Seq2Seq:
@@ -230,26 +231,47 @@ class Seq2Seq:
         if samples.ndim != 1:
             raise InputError(f"audio must be mono samples (n,), got shape {samples.shape}")
         tokens = self.manifest.tokens
-        params = None
+        prompt = None
+        first_ts = speech.timestamp_begin(self.manifest)
+        stride = front.n_frames // self.manifest.dims.max_source_length  # frames per position
         done, ids, texts = [], [], []
         for window in windows(samples, front):  # one window in memory at a time
-            hidden = self.encode_features(log_mel(window, front))
-            if params is None:
-                if language is None and self.manifest.speech.multilingual:
-                    language = self.detect_language(hidden)  # from the first window, as HF
-                params = self.speech_params(language, max_new_tokens)
-            generation = self.decode(hidden, params)
-            done.append(generation)
-            new = speech.as_transformers(
-                generation.ids[len(params.prefix) :], tokens.eos, tokens.pad
-            )
-            ids += new
-            text = self.detokenize(new)
-            if text is not None and text.strip():
-                texts.append(text.strip())
+            # Each window is decoded as transformers decodes that window alone: its
+            # max_length starts afresh and grows with each run (see speech.grown_max_length).
+            feats = log_mel(window, front)  # (n_mels, n_frames)
+            grown = self.manifest.speech.max_length or 20
+            seek = 0
+            while seek < front.n_frames:
+                # As transformers: the rest of the window from ``seek``, zero-padded.
+                n = front.n_frames - seek
+                segment = np.zeros_like(feats)
+                segment[:, :n] = feats[:, seek:]
+                hidden = self.encode_features(segment)
+                if prompt is None:
+                    if language is None and self.manifest.speech.multilingual:
+                        language = self.detect_language(hidden)  # first segment, as transformers
+                    prompt = self.speech_params(language, max_new_tokens).prefix
+                new_tokens = speech.max_new_tokens(
+                    self.manifest, len(prompt) + 1, max_new_tokens, grown
+                )
+                grown = speech.grown_max_length(self.manifest, len(prompt) + 1, grown)
+                params = GenerationParams(
+                    max_new_tokens=len(prompt) + new_tokens, prefix=prompt
+                ).resolved(self.manifest)
+                generation = self.decode(hidden, params)
+                done.append(generation)
+                new = speech.as_transformers(generation.ids[len(prompt) :], tokens.eos, tokens.pad)
+                kept, advance = speech.split_segments(new, first_ts, n, stride)
+                ids += kept
+                text = self.detokenize(kept)
+                if text is not None and text.strip():
+                    texts.append(text.strip())
+                if advance <= 0:
+                    break  # transformers would decode the same segment forever
+                seek += advance
         text = " ".join(texts) if self.tokenizer is not None else None
         lang = language if self.manifest.speech.multilingual else None
-        return Transcription(ids=ids, text=text, language=lang, windows=done)
+        return Transcription(ids=ids, text=text, language=lang, segments=done)
 
     def _audio_features(self):
         if self.manifest.audio is None:

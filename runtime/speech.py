@@ -93,12 +93,14 @@ def begin_index(manifest: Manifest) -> int:
     return len(build_prompt(manifest, None, None))
 
 
-def max_new_tokens(manifest: Manifest, prompt_length: int, requested: int | None) -> int:
-    """New tokens after the prompt, as transformers bounds them.
+def max_new_tokens(
+    manifest: Manifest, prompt_length: int, requested: int | None, max_length: int | None = None
+) -> int:
+    """New tokens after the prompt for one decoding run, as transformers bounds them.
 
     ``requested`` (``--max-new-tokens``) must fit the decoder with the prompt; without it the
-    generation config's ``max_new_tokens`` (cut to fit) or its ``max_length`` applies, where
-    transformers lets ``max_length`` grow by the prompt length (at most half the decoder).
+    generation config's ``max_new_tokens`` (cut to fit) applies, or else ``max_length`` — the
+    current one (see ``grown_max_length``), the generation config's by default.
     """
     speech = _speech(manifest)
     limit = manifest.dims.max_target_length
@@ -112,12 +114,55 @@ def max_new_tokens(manifest: Manifest, prompt_length: int, requested: int | None
     if speech.max_new_tokens is not None:
         new = min(speech.max_new_tokens, limit - prompt_length)
     else:
-        max_length = speech.max_length if speech.max_length is not None else 20
-        initial = min(limit // 2 - 1, prompt_length)
-        new = min(max_length + initial, limit) - prompt_length
+        if max_length is None:
+            max_length = speech.max_length if speech.max_length is not None else 20
+        new = grown_max_length(manifest, prompt_length, max_length) - prompt_length
     if new < 1:
         raise InputError(f"the model's decoder ({limit} tokens) has no room after the prompt")
     return new
+
+
+def grown_max_length(manifest: Manifest, prompt_length: int, max_length: int) -> int:
+    """transformers' ``max_length`` for a decoding run: the previous one plus the prompt (at
+    most half the decoder), capped by the decoder. It grows again with every run of one input
+    (its generation config is updated in place), and so does ours."""
+    limit = manifest.dims.max_target_length
+    return min(max_length + min(limit // 2 - 1, prompt_length), limit)
+
+
+def timestamp_begin(manifest: Manifest) -> int | None:
+    """The first timestamp token (``<|0.00|>``), right after ``<|notimestamps|>``."""
+    speech = _speech(manifest)
+    return None if speech.no_timestamps is None else speech.no_timestamps + 1
+
+
+def split_segments(
+    tokens: list[int], first_timestamp: int | None, frames: int, stride: int
+) -> tuple[list[int], int]:
+    """(tokens kept, feature frames consumed) of one decoding run, as transformers splits it.
+
+    Even without timestamps, transformers reads generated timestamp tokens as segment ends:
+    when two follow each other, tokens after the last such pair are dropped (unless the run
+    ends on a single timestamp) and decoding resumes from that timestamp's frame, in a new run
+    on the rest of the window. Real models never emit them with ``<|notimestamps|>``; random
+    ones do, and "identical ids" includes what transformers does then.
+    """
+    if first_timestamp is None:
+        return list(tokens), frames
+    is_ts = [t >= first_timestamp for t in tokens]
+    single_ending = is_ts[-2:] == [False, True]
+    ends = [i + 1 for i in range(len(is_ts) - 1) if is_ts[i] and is_ts[i + 1]]
+    if not ends:
+        return list(tokens), frames
+    if single_ending:
+        ends.append(len(tokens))
+    else:
+        ends[-1] += 1
+    kept = list(tokens[: ends[-1]])
+    if single_ending:
+        return kept, frames
+    last_timestamp = tokens[ends[-1] - 2] - first_timestamp
+    return kept, last_timestamp * stride
 
 
 def as_transformers(new: list[int], eos: int, pad: int) -> list[int]:

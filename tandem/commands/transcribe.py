@@ -66,11 +66,11 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("empty WAV path")
         audio = read_wav(path, max_duration_s=args.max_duration_s)
         out = model.transcribe(audio, args.language, args.max_new_tokens)
-        cut = [i for i, w in enumerate(out.windows) if w.finish != "eos"]
+        cut = sum(1 for s in out.segments if s.finish != "eos")
         if cut:
             print(
-                f"tandem transcribe: warning: {path}: window(s) {cut} reached the token limit "
-                "before their end; the transcript may be cut short",
+                f"tandem transcribe: warning: {path}: {cut} of {len(out.segments)} decoding "
+                "run(s) reached the token limit before their end; the transcript may be cut short",
                 file=sys.stderr,
             )
         if args.ids:

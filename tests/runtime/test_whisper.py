@@ -57,7 +57,7 @@ def test_ids_match_transformers_on_20_random_inputs(whisper_checkpoint, whisper_
         want = hf_models.whisper_generate(reference, _features(extractor, x), "en")
         got = model.transcribe(x, language="en")
         assert got.ids == want
-        assert got.windows[0].ids[:3] == [
+        assert got.segments[0].ids[:3] == [
             50259,
             50359,
             50363,
@@ -128,7 +128,7 @@ def test_long_audio_is_transcribed_window_by_window(whisper_checkpoint, whisper_
     parts = hf_models.whisper_signals(np.random.default_rng(9), 3)
     x = np.concatenate([np.resize(parts[0], n), np.resize(parts[1], n), parts[2][: n // 3]])
     got = model.transcribe(x, language="en")
-    assert len(got.windows) == 3
+    assert len(got.segments) >= 3
     want = []
     for i in range(3):
         want += hf_models.whisper_generate(

@@ -64,13 +64,15 @@ def text_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def whisper_checkpoint(tmp_path_factory):
     """kind → a tiny random-weight Whisper checkpoint: ``multi``, ``en`` (English-only),
-    ``tied`` (transformers' own init, tied embeddings), ``eos`` (EOS made likely)."""
+    ``tied`` (transformers' own init, tied embeddings), ``eos`` (EOS made likely),
+    ``timestamps`` (timestamp tokens made likely)."""
     cache: dict[str, Path] = {}
     kinds = {
         "multi": {},
         "en": {"multilingual": False, "seed": 1},
         "tied": {"perturb": False, "seed": 2},
         "eos": {"seed": 3, "eos_boost": 6.0},
+        "timestamps": {"seed": 4, "timestamp_boost": 1.6},
     }
 
     def make(kind: str) -> Path:

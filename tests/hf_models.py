@@ -139,6 +139,7 @@ def build_whisper(
     max_length: int = 24,
     perturb: bool = True,
     eos_boost: float = 1.0,
+    timestamp_boost: float = 1.0,
 ) -> Path:
     """A random-weight Whisper checkpoint with a real-looking generation config.
 
@@ -193,6 +194,9 @@ def build_whisper(
                 elif "proj_out" in name:
                     param.normal_(0.0, 1.0)
                     param[eos] *= eos_boost  # > 1: sequences end early, exercising EOS
+                    # > 1: timestamps of the first second (<|0.00|>..<|0.98|>) become likely,
+                    # so transformers' segment rule (speech.split_segments) gets exercised.
+                    param[no_ts + 1 : no_ts + 51] *= timestamp_boost
     model.generation_config = tf.GenerationConfig(
         decoder_start_token_id=sot,
         bos_token_id=eos,

@@ -82,19 +82,23 @@ def test_hidden_states_match_transformers_encoder(whisper_checkpoint, whisper_bu
         np.testing.assert_allclose(model.encode_features(feats), want.numpy(), atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["en", "tied", "eos"])
+@pytest.mark.parametrize("kind", ["en", "tied", "eos", "timestamps"])
 def test_other_checkpoints_match_transformers(kind, whisper_checkpoint, whisper_bundle):
-    """English-only (no language or task tokens), tied embeddings, sequences that end on EOS."""
+    """English-only (no language or task tokens), tied embeddings, sequences that end on EOS,
+    timestamp tokens (transformers then cuts and resumes within the window)."""
     reference = _reference(whisper_checkpoint(kind))
     model = Seq2Seq.load(whisper_bundle(kind))
     extractor = _extractor(model.manifest)
     language = None if kind == "en" else "en"
-    finishes = set()
+    finishes, runs = set(), 0
     for x in hf_models.whisper_signals(np.random.default_rng(5), 6):
         want = hf_models.whisper_generate(reference, _features(extractor, x), language)
         got = model.transcribe(x, language=language)
         assert got.ids == want
         finishes.add(got.finish)
+        runs = max(runs, len(got.segments))
+    if kind == "timestamps":
+        assert runs > 1, "no input made transformers resume within the window"
     if kind == "en":
         assert model.speech_params().prefix == (50362,)  # <|notimestamps|> only
         assert model.transcribe(np.zeros(800, np.float32), "en").language is None

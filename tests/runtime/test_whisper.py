@@ -199,6 +199,22 @@ def test_bad_speech_manifest_is_refused(whisper_bundle, edit, message):
     assert message in str(info.value)
 
 
+def test_front_end_that_does_not_fit_the_encoder_is_refused(whisper_bundle, tmp_path):
+    import shutil
+
+    import yaml
+
+    from tandem.runtime.bundle import load_bundle
+
+    bundle = shutil.copytree(whisper_bundle("multi"), tmp_path / "b")
+    data = yaml.safe_load((bundle / "bundle.yaml").read_text())
+    data.pop("fingerprint")
+    data["audio"].update(n_samples=32000, n_frames=200)  # a 2 s window for a 1 s encoder
+    (bundle / "bundle.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(BundleError, match="encoder takes input_features"):
+        load_bundle(bundle)
+
+
 def test_bad_requests_are_input_errors(whisper_bundle, marian_bundle):
     model = Seq2Seq.load(whisper_bundle("multi"))
     english = Seq2Seq.load(whisper_bundle("en"))

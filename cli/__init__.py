@@ -22,6 +22,7 @@ from tandem.errors import TandemError
 # Order is the order shown by ``tandem --help``.
 COMMANDS = (
     "generate",
+    "transcribe",
     "export",
     "profile",
     "sim",

@@ -104,6 +104,15 @@ def _check_io(path: Path, part: str, session: ort.InferenceSession, manifest: Ma
                     f"model bundle {path}: part '{part}' {kind} '{name}' has rank {have[name]}, "
                     f"manifest layout needs {rank}"
                 )
+    audio = manifest.audio
+    if part == "encoder" and audio is not None:
+        # The window is baked into the graph; the manifest's front end must produce it.
+        shape = next(a.shape for a in session.get_inputs() if a.name == "input_features")
+        if list(shape[1:]) != [audio.n_mels, audio.n_frames]:
+            raise BundleError(
+                f"model bundle {path}: encoder takes input_features {shape}, but bundle.yaml's "
+                f"audio gives (batch, {audio.n_mels}, {audio.n_frames})"
+            )
 
 
 def load_bundle(path: str | Path, session_config: SessionConfig | None = None) -> ModelBundle:

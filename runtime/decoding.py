@@ -126,6 +126,14 @@ class DecodeBatch:
         ]
         self._outputs = ["logits", *self._present_names]
         self._suppress = np.array(manifest.suppress_tokens, dtype=np.int64)
+        # Whisper: tokens never chosen first after the prompt (transformers' begin_index).
+        self._begin_suppress = np.zeros(0, dtype=np.int64)
+        self._begin_at = -1
+        if manifest.speech is not None and manifest.speech.begin_suppress_tokens:
+            from tandem.runtime.speech import begin_index
+
+            self._begin_suppress = np.array(manifest.speech.begin_suppress_tokens, dtype=np.int64)
+            self._begin_at = begin_index(manifest) - 1  # generated tokens exclude the start token
         self._forced_last = manifest.forced_last_token
         self._rows: list[_Row] = []
         self._past: list[np.ndarray] = []  # per name in _past_names: (B, H, P, Dh)
@@ -362,6 +370,10 @@ class DecodeBatch:
         """
         if self._suppress.size:
             logits[:, self._suppress] = -np.inf
+        if self._begin_suppress.size:
+            first = [i for i, row in enumerate(rows) if len(row.tokens) == self._begin_at]
+            if first:
+                logits[np.ix_(first, self._begin_suppress)] = -np.inf
         early = [i for i, row in enumerate(rows) if len(row.tokens) < row.params.min_new_tokens]
         if early:
             logits[early, [rows[i].eos for i in early]] = -np.inf

@@ -20,7 +20,7 @@ import yaml
 from tandem.errors import BundleError, ConfigError
 from tandem.runtime.bundle import MANIFEST_FILE, load_bundle
 from tandem.runtime.fingerprint import compute_fingerprint
-from tandem.runtime.manifest import Dims, Manifest, SpecialTokens
+from tandem.runtime.manifest import AudioFeatures, Dims, Manifest, SpecialTokens, SpeechPrompt
 from tandem.runtime.quantize import quantize_bundle_parts
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,10 @@ _TOKENIZER_FILES = (
     "vocab.json", "tokenizer.model",
 )  # fmt: skip
 _NLLB_LANG = re.compile(r"^([a-z]{3}_[A-Z][a-z]{3})$")
+_WHISPER_LANG = re.compile(r"^<\|([a-z]{2,3})\|>$")
+WHISPER_SAMPLING_RATE = 16000  # Whisper's front end, when the checkpoint has no
+WHISPER_N_FFT = 400  # preprocessor_config.json
+WHISPER_HOP = 160
 
 
 def _require_torch():
@@ -139,13 +143,25 @@ def export_hf(
     except ValueError as exc:
         raise ConfigError(
             f"unsupported model type {config.model_type!r}; supported: marian, m2m_100/nllb, "
-            "bart, mbart, t5/mt5"
+            "bart, mbart, t5/mt5, whisper"
         ) from exc
-    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(
-        str(hf_dir), attn_implementation="eager"
-    ).eval()
+    model_class = (
+        transformers.WhisperForConditionalGeneration
+        if family == "whisper"
+        else transformers.AutoModelForSeq2SeqLM
+    )
+    # .float(): a checkpoint saved in fp16/bf16 still exports the fp32 graphs the runtime feeds.
+    model = model_class.from_pretrained(str(hf_dir), attn_implementation="eager").float().eval()
     generation_config = getattr(model, "generation_config", None)
-    if family == "t5":
+    audio = speech = None
+    if family == "whisper":
+        heads = config.decoder_attention_heads
+        hidden = config.d_model
+        head_dim = hidden // heads
+        enc_layers, dec_layers = config.encoder_layers, config.decoder_layers
+        max_src, max_tgt = config.max_source_positions, config.max_target_positions
+        audio = _audio_features(hf_dir, model)
+    elif family == "t5":
         heads, head_dim = config.num_heads, config.d_kv
         enc_layers, dec_layers = config.num_layers, config.num_decoder_layers
         max_src = max_tgt = T5_MAX_LENGTH
@@ -171,22 +187,28 @@ def export_hf(
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
-        _export_parts(torch, torch_parts, model, family, dims, tmp_dir)
+        _export_parts(torch, torch_parts, model, family, dims, tmp_dir, audio)
         if int8:
             quantize_bundle_parts(tmp_dir, out_dir)
         else:
             for part in ("encoder", "cache_init", "decoder"):
                 shutil.move(tmp_dir / f"{part}.onnx", out_dir / f"{part}.onnx")
     tokenizer_path = _tokenizer_json(hf_dir, out_dir, transformers)
-    languages, tok_vocab = {}, None
+    languages, tok_vocab, vocab = {}, None, {}
     if tokenizer_path is not None:
         from tokenizers import Tokenizer
 
         backend = Tokenizer.from_file(str(tokenizer_path))
-        languages = _languages(backend.get_vocab(with_added_tokens=True))
+        vocab = backend.get_vocab(with_added_tokens=True)
+        languages = _languages(vocab) if family != "whisper" else {}
         tok_vocab = backend.get_vocab_size(with_added_tokens=True)
     forced = _setting("forced_bos_token_id", config, generation_config)
     forced_last = _setting("forced_eos_token_id", config, generation_config)
+    suppress = _suppress(generation_config, config)
+    if family == "whisper":
+        speech, languages = _speech_prompt(generation_config, tokens, vocab, dims.vocab_size)
+        suppress = tuple(t for t in suppress if t < dims.vocab_size)  # as transformers: ignored
+        forced = forced_last = None
     manifest = Manifest(
         name=name or hf_dir.name,
         architecture=family,
@@ -199,7 +221,7 @@ def export_hf(
         tokenizer_vocab_size=tok_vocab,
         languages=languages,
         default_forced_first_token=forced,
-        suppress_tokens=_suppress(generation_config, config),
+        suppress_tokens=suppress,
         forced_last_token=forced_last,
         input_pattern=input_pattern,
         input_description=input_description,
@@ -209,6 +231,8 @@ def export_hf(
             "transformers": str(transformers.__version__),
             "torch": str(torch.__version__),
         },
+        audio=audio,
+        speech=speech,
     )
     fingerprint = compute_fingerprint(out_dir / "encoder.onnx", manifest.hashed_dict())
     data = manifest.to_dict()
@@ -221,7 +245,102 @@ def export_hf(
     return read_manifest(out_dir)
 
 
-def _export_parts(torch, torch_parts, model, family: str, dims: Dims, out: Path) -> None:
+def _audio_features(hf_dir: Path, model) -> AudioFeatures:
+    """The log-mel front end: the checkpoint's preprocessor_config.json, else Whisper's.
+
+    The window follows from the encoder (its position table times the convolutions' stride),
+    so a preprocessor config that disagrees with it could not drive this model: refused.
+    """
+    import json
+
+    config = model.config
+    encoder = model.get_encoder()
+    frames = config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+    pre = {}
+    pre_path = hf_dir / "preprocessor_config.json"
+    if pre_path.is_file():
+        try:
+            pre = json.loads(pre_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{pre_path} is not valid JSON: {exc}") from exc
+    hop = int(pre.get("hop_length", WHISPER_HOP))
+    audio = AudioFeatures(
+        n_mels=int(pre.get("feature_size", config.num_mel_bins)),
+        sampling_rate=int(pre.get("sampling_rate", WHISPER_SAMPLING_RATE)),
+        n_fft=int(pre.get("n_fft", WHISPER_N_FFT)),
+        hop_length=hop,
+        n_samples=int(pre.get("n_samples", frames * hop)),
+        n_frames=int(pre.get("nb_max_frames", frames)),
+    )
+    if audio.n_mels != config.num_mel_bins:
+        raise ConfigError(
+            f"{pre_path}: feature_size {audio.n_mels} != the model's num_mel_bins "
+            f"{config.num_mel_bins}"
+        )
+    if audio.n_frames != frames or audio.n_samples // audio.hop_length != frames:
+        raise ConfigError(
+            f"{pre_path}: a window of {audio.n_samples} samples / {audio.n_frames} frames, but the "
+            f"encoder takes exactly {frames} frames (max_source_positions "
+            f"{config.max_source_positions}); fix chunk_length / n_samples / nb_max_frames"
+        )
+    return audio
+
+
+def _speech_prompt(
+    generation_config, tokens: SpecialTokens, vocab: dict[str, int], vocab_size: int
+) -> tuple[SpeechPrompt, dict[str, int]]:
+    """Whisper's prompt rules from the generation config (what ``generate()`` reads).
+
+    Language, task and no-timestamps tokens come from ``lang_to_id``, ``task_to_id`` and
+    ``no_timestamps_token_id``; where the generation config lacks them (an old or hand-made
+    checkpoint), the tokenizer's ``<|en|>``, ``<|transcribe|>``, ``<|notimestamps|>`` tokens
+    stand in, with a warning.
+    """
+    gc = generation_config
+    lang_to_id = dict(getattr(gc, "lang_to_id", None) or {})
+    task_to_id = dict(getattr(gc, "task_to_id", None) or {})
+    no_ts = getattr(gc, "no_timestamps_token_id", None)
+    if not lang_to_id and vocab:
+        lang_to_id = {
+            t: i for t, i in vocab.items() if _WHISPER_LANG.match(t) and i > tokens.decoder_start
+        }
+        if lang_to_id:
+            log.warning("language tokens taken from the tokenizer (none in generation config)")
+    if not task_to_id and vocab:
+        task_to_id = {
+            t: vocab[f"<|{t}|>"] for t in ("transcribe", "translate") if f"<|{t}|>" in vocab
+        }
+    if no_ts is None and "<|notimestamps|>" in vocab:
+        no_ts = vocab["<|notimestamps|>"]
+    languages = {}
+    for token, token_id in lang_to_id.items():
+        match = _WHISPER_LANG.match(token)
+        if match is None:
+            raise ConfigError(f"generation config: lang_to_id has an odd token {token!r}")
+        languages[match.group(1)] = int(token_id)
+    multilingual = getattr(gc, "is_multilingual", None)
+    if multilingual is None:
+        multilingual = bool(languages)
+    forced = getattr(gc, "forced_decoder_ids", None) or []
+    begin = [int(t) for t in (getattr(gc, "begin_suppress_tokens", None) or []) if t < vocab_size]
+    max_new = getattr(gc, "max_new_tokens", None)
+    max_length = getattr(gc, "max_length", None)
+    speech = SpeechPrompt(
+        start_of_transcript=tokens.decoder_start,
+        multilingual=bool(multilingual),
+        task_tokens={str(k): int(v) for k, v in task_to_id.items()},
+        no_timestamps=None if no_ts is None else int(no_ts),
+        forced_decoder_ids=[[int(p), None if t is None else int(t)] for p, t in forced],
+        begin_suppress_tokens=begin,
+        max_length=None if max_length is None else int(max_length),
+        max_new_tokens=None if max_new is None else int(max_new),
+    )
+    return speech, dict(sorted(languages.items()))
+
+
+def _export_parts(
+    torch, torch_parts, model, family: str, dims: Dims, out: Path, audio: AudioFeatures | None
+) -> None:
     layers = dims.decoder_layers
     batch, src, tgt, past = 2, 5, 2, 3
     ids = torch.ones((batch, src), dtype=torch.long)
@@ -237,16 +356,26 @@ def _export_parts(torch, torch_parts, model, family: str, dims: Dims, out: Path)
         if family == "t5"
         else torch_parts.BartDecoderStep(model, family)
     )
-    jobs = [
-        (
+    encoder_job = (
+        "encoder",
+        torch_parts.EncoderPart(model),
+        (ids, mask),
+        ["input_ids", "attention_mask"],
+        ["hidden_states"],
+        {"input_ids": {0: "batch", 1: "src"}, "attention_mask": {0: "batch", 1: "src"},
+         "hidden_states": {0: "batch", 1: "src"}},
+    )  # fmt: skip
+    if audio is not None:
+        encoder_job = (
             "encoder",
-            torch_parts.EncoderPart(model),
-            (ids, mask),
-            ["input_ids", "attention_mask"],
+            torch_parts.AudioEncoderPart(model),
+            (torch.randn((batch, audio.n_mels, audio.n_frames)),),
+            ["input_features"],
             ["hidden_states"],
-            {"input_ids": {0: "batch", 1: "src"}, "attention_mask": {0: "batch", 1: "src"},
-             "hidden_states": {0: "batch", 1: "src"}},
-        ),
+            {"input_features": {0: "batch"}, "hidden_states": {0: "batch"}},
+        )
+    jobs = [
+        encoder_job,
         (
             "cache_init",
             torch_parts.CacheInitPart(model, family),

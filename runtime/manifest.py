@@ -10,6 +10,7 @@ Tensor names are fixed by the layout version, not stored per bundle: for ``L`` d
   → ``hidden_states`` (B, S, D) float32
 * ``cache_init``: ``hidden_states`` (B, S, D) → ``cross_key_{i}``, ``cross_value_{i}``
   (B, H, S, Dh) for i < L — the cross-attention cache, computed once per request
+  (whisper: ``input_features`` (B, n_mels, frames) float32 log-mel → ``hidden_states``)
 * ``decoder``: ``input_ids`` (B, T), ``position_ids`` (B, T), ``self_mask`` (B, P) over the
   past, ``encoder_mask`` (B, S), ``past_key_{i}``/``past_value_{i}`` (B, H, P, Dh),
   ``cross_key_{i}``/``cross_value_{i}`` → ``logits`` (B, V) for the last input position,
@@ -26,9 +27,11 @@ from tandem.errors import BundleError, InputError
 
 FORMAT = "tandem-bundle/1"
 PART_NAMES = ("encoder", "cache_init", "decoder")
-ARCHITECTURES = ("marian", "m2m_100", "bart", "mbart", "t5")
+ARCHITECTURES = ("marian", "m2m_100", "bart", "mbart", "t5", "whisper")
+SPEECH_ARCHITECTURES = ("whisper",)
 QUANTIZATIONS = ("none", "int8")
 _LANG_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+_TASKS = ("transcribe", "translate")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,55 @@ class SpecialTokens:
     eos: int
     decoder_start: int
     unk: int | None = None
+
+
+@dataclass(frozen=True)
+class AudioFeatures:
+    """The log-mel front end a speech model was trained with (Whisper's feature extractor).
+
+    One window is ``n_samples`` samples at ``sampling_rate`` (zero-padded or cut), which gives
+    ``n_frames`` frames of ``n_mels`` bins: the encoder's fixed input (B, n_mels, n_frames).
+    """
+
+    n_mels: int
+    sampling_rate: int
+    n_fft: int
+    hop_length: int
+    n_samples: int
+    """Samples in one window: the chunk length in seconds × ``sampling_rate``."""
+    n_frames: int
+    """Frames in one window: ``n_samples // hop_length``, what the encoder takes."""
+
+    @property
+    def chunk_length_s(self) -> float:
+        return self.n_samples / self.sampling_rate
+
+
+@dataclass(frozen=True)
+class SpeechPrompt:
+    """Whisper's generation config: how the decoder prompt is built and what is suppressed.
+
+    The prompt is ``start_of_transcript``, then the language token (``Manifest.languages``),
+    the task token and ``no_timestamps`` — built as transformers' Whisper ``generate`` builds
+    it, so our ids equal its ids (see ``tandem.runtime.speech``).
+    """
+
+    start_of_transcript: int
+    """The decoder start token, ``<|startoftranscript|>``."""
+    multilingual: bool
+    """Whether language and task tokens exist; ``.en`` models have neither."""
+    task_tokens: dict[str, int] = field(default_factory=dict)
+    """``transcribe`` / ``translate`` → token id."""
+    no_timestamps: int | None = None
+    """``<|notimestamps|>``: we decode without timestamps, so it ends every prompt."""
+    forced_decoder_ids: list[list[int | None]] = field(default_factory=list)
+    """Legacy ``[position, token]`` pairs, used when neither language nor task is given."""
+    begin_suppress_tokens: list[int] = field(default_factory=list)
+    """Tokens never picked as the first generated token (after the prompt)."""
+    max_length: int | None = None
+    """The generation config's ``max_length`` (prompt included), as transformers uses it."""
+    max_new_tokens: int | None = None
+    """The generation config's ``max_new_tokens``, if it sets one."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +134,10 @@ class Manifest:
     input_description: str | None = None
     source: dict[str, Any] = field(default_factory=dict)
     """Free-form provenance (exporter version, original checkpoint); not interpreted."""
+    audio: AudioFeatures | None = None
+    """The audio front end; set exactly for speech architectures."""
+    speech: SpeechPrompt | None = None
+    """Whisper's prompt and suppression rules; set exactly for speech architectures."""
     fingerprint: str | None = None
 
     def language_token(self, target: str, field: str | None = None) -> int:
@@ -102,6 +158,9 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         data = {"format": FORMAT, **asdict(self)}
         data["suppress_tokens"] = list(self.suppress_tokens)
+        for key in ("audio", "speech"):  # absent, not null, so text bundles hash as before
+            if data[key] is None:
+                del data[key]
         return data
 
     def hashed_dict(self) -> dict[str, Any]:
@@ -116,8 +175,9 @@ _TOP_KEYS = {
     "format", "name", "architecture", "dims", "tokens", "parts", "opset", "quantization",
     "tokenizer", "tokenizer_vocab_size", "languages", "default_forced_first_token",
     "suppress_tokens", "forced_last_token", "input_pattern", "input_description", "source",
-    "fingerprint",
+    "audio", "speech", "fingerprint",
 }  # fmt: skip
+_SPEECH_KEYS = set(SpeechPrompt.__dataclass_fields__)
 
 
 def _int(where: str, value: Any, minimum: int = 0) -> int:
@@ -144,7 +204,7 @@ def _section(data: dict[str, Any], key: str, cls: type, optional: set[str]) -> A
         if value is None and name in optional:
             values[name] = None
             continue
-        values[name] = _int(f"{key}.{name}", value, minimum=1 if key == "dims" else 0)
+        values[name] = _int(f"{key}.{name}", value, minimum=1 if key in ("dims", "audio") else 0)
     return cls(**values)
 
 
@@ -241,6 +301,7 @@ def parse_manifest(data: Any) -> Manifest:
         raise BundleError(
             f"bundle.yaml: fingerprint must be 'sha256:<64 hex>', got {fingerprint!r}"
         )
+    audio, speech = _speech_sections(data, dims)
     return Manifest(
         name=str(data["name"]),
         architecture=data["architecture"],
@@ -258,8 +319,97 @@ def parse_manifest(data: Any) -> Manifest:
         input_pattern=input_pattern,
         input_description=input_description,
         source=dict(source),
+        audio=audio,
+        speech=speech,
         fingerprint=fingerprint,
     )
+
+
+def _token_list(where: str, value: Any, vocab: int) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BundleError(f"bundle.yaml: {where} must be a list of token ids")
+    for i, token in enumerate(value):
+        if _int(f"{where}[{i}]", token) >= vocab:
+            raise BundleError(f"bundle.yaml: {where}[{i}] = {token} is outside the vocabulary")
+    return list(value)
+
+
+def _speech_sections(
+    data: dict[str, Any], dims: Dims
+) -> tuple[AudioFeatures | None, SpeechPrompt | None]:
+    """``audio`` and ``speech``: required for speech architectures, refused for the others."""
+    speech_arch = data["architecture"] in SPEECH_ARCHITECTURES
+    for key in ("audio", "speech"):
+        if speech_arch and key not in data:
+            raise BundleError(f"bundle.yaml: architecture {data['architecture']!r} needs '{key}'")
+        if not speech_arch and data.get(key) is not None:
+            raise BundleError(f"bundle.yaml: '{key}' is only for speech architectures")
+    if not speech_arch:
+        return None, None
+    audio = _section(data, "audio", AudioFeatures, optional=set())
+    if audio.n_frames != audio.n_samples // audio.hop_length:
+        raise BundleError(
+            f"bundle.yaml: audio.n_frames ({audio.n_frames}) must be audio.n_samples // "
+            f"audio.hop_length ({audio.n_samples // audio.hop_length})"
+        )
+    if audio.n_fft > audio.n_samples:
+        raise BundleError("bundle.yaml: audio.n_fft must not exceed audio.n_samples")
+    raw = data["speech"]
+    if not isinstance(raw, dict):
+        raise BundleError("bundle.yaml: 'speech' must be a mapping")
+    unknown = sorted(set(raw) - _SPEECH_KEYS)
+    if unknown:
+        raise BundleError(f"bundle.yaml: unknown key(s) in 'speech': {unknown}")
+    for key in ("start_of_transcript", "multilingual"):
+        if key not in raw:
+            raise BundleError(f"bundle.yaml: missing key(s) in 'speech': ['{key}']")
+    vocab = dims.vocab_size
+
+    def token(where: str, value: Any) -> int:
+        if _int(f"speech.{where}", value) >= vocab:
+            raise BundleError(f"bundle.yaml: speech.{where} = {value} is outside the vocabulary")
+        return value
+
+    sot = token("start_of_transcript", raw["start_of_transcript"])
+    multilingual = raw["multilingual"]
+    if not isinstance(multilingual, bool):
+        raise BundleError(
+            f"bundle.yaml: speech.multilingual must be true or false, got {multilingual!r}"
+        )
+    tasks = raw.get("task_tokens") or {}
+    if not isinstance(tasks, dict) or any(t not in _TASKS for t in tasks):
+        raise BundleError(f"bundle.yaml: speech.task_tokens must map {list(_TASKS)} to token ids")
+    tasks = {name: token(f"task_tokens.{name}", value) for name, value in tasks.items()}
+    no_ts = raw.get("no_timestamps")
+    no_ts = None if no_ts is None else token("no_timestamps", no_ts)
+    forced = raw.get("forced_decoder_ids") or []
+    if not isinstance(forced, list):
+        raise BundleError("bundle.yaml: speech.forced_decoder_ids must be a list of [position, id]")
+    for i, pair in enumerate(forced):
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise BundleError(f"bundle.yaml: speech.forced_decoder_ids[{i}] must be [position, id]")
+        _int(f"speech.forced_decoder_ids[{i}][0]", pair[0], minimum=1)
+        if pair[1] is not None:
+            token(f"forced_decoder_ids[{i}][1]", pair[1])
+    begin = _token_list("speech.begin_suppress_tokens", raw.get("begin_suppress_tokens"), vocab)
+    limits = {}
+    for key in ("max_length", "max_new_tokens"):
+        value = raw.get(key)
+        limits[key] = None if value is None else _int(f"speech.{key}", value, minimum=1)
+    if data.get("tokens", {}).get("decoder_start") != sot:
+        raise BundleError("bundle.yaml: speech.start_of_transcript must equal tokens.decoder_start")
+    speech = SpeechPrompt(
+        start_of_transcript=sot,
+        multilingual=multilingual,
+        task_tokens=tasks,
+        no_timestamps=no_ts,
+        forced_decoder_ids=[list(p) for p in forced],
+        begin_suppress_tokens=begin,
+        **limits,
+    )
+    return audio, speech
 
 
 def part_io(manifest: Manifest) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
@@ -268,8 +418,13 @@ def part_io(manifest: Manifest) -> dict[str, tuple[dict[str, int], dict[str, int
     cross = {f"cross_{kv}_{i}": 4 for i in range(layers) for kv in ("key", "value")}
     past = {f"past_{kv}_{i}": 4 for i in range(layers) for kv in ("key", "value")}
     present = {f"present_{kv}_{i}": 4 for i in range(layers) for kv in ("key", "value")}
+    encoder_in = (
+        {"input_features": 3}
+        if manifest.architecture in SPEECH_ARCHITECTURES
+        else {"input_ids": 2, "attention_mask": 2}
+    )
     return {
-        "encoder": ({"input_ids": 2, "attention_mask": 2}, {"hidden_states": 3}),
+        "encoder": (encoder_in, {"hidden_states": 3}),
         "cache_init": ({"hidden_states": 3}, cross),
         "decoder": (
             {"input_ids": 2, "position_ids": 2, "self_mask": 2, "encoder_mask": 2, **past, **cross},

@@ -30,6 +30,8 @@ def family_of(config) -> str:
         return "mbart"
     if model_type in ("t5", "mt5"):
         return "t5"
+    if model_type in ("whisper",):
+        return "whisper"
     raise ValueError(model_type)
 
 
@@ -55,6 +57,20 @@ class EncoderPart(nn.Module):
     def forward(self, input_ids, attention_mask):
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
         return out.last_hidden_state
+
+
+class AudioEncoderPart(nn.Module):
+    """input_features (B, n_mels, frames) → hidden_states (B, frames / 2, D): Whisper's encoder.
+
+    The window is fixed (the encoder adds its whole position table), so only the batch varies.
+    """
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.encoder = model.get_encoder()
+
+    def forward(self, input_features):
+        return self.encoder(input_features=input_features, return_dict=True).last_hidden_state
 
 
 def _split_heads(x, heads: int):  # (B, T, H*Dh) → (B, H, T, Dh)
@@ -122,7 +138,7 @@ def _masks(self_mask, encoder_mask, t: int, dtype):
 
 
 class BartDecoderStep(nn.Module):
-    """Decoder step for the BART layer design (Marian, M2M100/NLLB, BART, mBART)."""
+    """Decoder step for the BART layer design (Marian, M2M100/NLLB, BART, mBART, Whisper)."""
 
     def __init__(self, model, family: str) -> None:
         super().__init__()
@@ -137,10 +153,10 @@ class BartDecoderStep(nn.Module):
         self.embed_scale = (
             math.sqrt(config.d_model) if getattr(config, "scale_embedding", False) else 1.0
         )
-        self.pre_norm = family in ("m2m_100", "mbart")
+        self.pre_norm = family in ("m2m_100", "mbart", "whisper")
         self.act = _activation(config.activation_function)
         positions = decoder.embed_positions
-        if family == "marian":
+        if family in ("marian", "whisper"):
             table, offset = positions.weight, 0
         elif family == "m2m_100":
             table, offset = positions.weights, config.pad_token_id + 1

@@ -59,3 +59,43 @@ def text_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle_text")
     export_hf(hf, out, overwrite=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def whisper_checkpoint(tmp_path_factory):
+    """kind → a tiny random-weight Whisper checkpoint: ``multi``, ``en`` (English-only),
+    ``tied`` (transformers' own init, tied embeddings), ``eos`` (EOS made likely),
+    ``timestamps`` (timestamp tokens made likely)."""
+    cache: dict[str, Path] = {}
+    kinds = {
+        "multi": {},
+        "en": {"multilingual": False, "seed": 1},
+        "tied": {"perturb": False, "seed": 2},
+        "eos": {"seed": 3, "eos_boost": 6.0},
+        "timestamps": {"seed": 4, "timestamp_boost": 1.6},
+    }
+
+    def make(kind: str) -> Path:
+        if kind not in cache:
+            out = tmp_path_factory.mktemp(f"hf_whisper_{kind}")
+            cache[kind] = hf_models.build_whisper(out, **kinds[kind])
+        return cache[kind]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def whisper_bundle(whisper_checkpoint, tmp_path_factory):
+    """(kind, int8) → exported Whisper bundle directory."""
+    from tandem.runtime.export import export_hf
+
+    cache: dict[tuple[str, bool], Path] = {}
+
+    def make(kind: str = "multi", int8: bool = False) -> Path:
+        if (kind, int8) not in cache:
+            out = tmp_path_factory.mktemp(f"bundle_whisper_{kind}{'_int8' if int8 else ''}")
+            export_hf(whisper_checkpoint(kind), out, int8=int8, overwrite=True)
+            cache[(kind, int8)] = out
+        return cache[(kind, int8)]
+
+    return make

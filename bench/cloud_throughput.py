@@ -352,12 +352,20 @@ def run_floor(model: Any, jobs: list[Any], concurrency: int, per_client: int) ->
         began = time.perf_counter()
         for client in range(concurrency):
             submit(client, began)
+        join_s = step_s = 0.0
+        iterations = joined = 0
         while pending:
             admitted, joins[:] = list(joins), []
+            t0 = time.perf_counter()
             results = batch.add_many(admitted) if admitted else []
+            t1 = time.perf_counter()
             if len(batch):
                 results += batch.step()
             now = time.perf_counter()
+            iterations += 1
+            joined += 1 if admitted else 0
+            join_s += t1 - t0
+            step_s += now - t1
             for result in results:
                 if result.finish is None:
                     continue
@@ -367,7 +375,8 @@ def run_floor(model: Any, jobs: list[Any], concurrency: int, per_client: int) ->
                 if sent_count[client] < per_client:
                     submit(client, now)
         wall = time.perf_counter() - began
-        return _summary(latencies, tokens, wall, _cpu_s() - cpu)
+        timers = {"join": (join_s, joined), "step": (step_s, iterations)}
+        return {**_summary(latencies, tokens, wall, _cpu_s() - cpu), "stages": timers}
 
     thread = threading.Thread(target=loop, name="floor")
     thread.start()
@@ -402,36 +411,71 @@ def worker(kind: str, requests_path: Path, bundle: Path, config: Path) -> None:
 
 
 class Profile:
-    """py-spy sampling one process (its active threads, no idle waits) until ``stop``."""
+    """Where one process's CPU goes while ``stop`` is pending: each thread's CPU time (from
+    ``/proc``, native gRPC and ONNX Runtime threads included), and py-spy samples of the
+    thread holding the GIL (``--gil``: Python's own work, which all threads share)."""
 
-    def __init__(self, pid: int, out: Path, cores: list[int] | None) -> None:
+    def __init__(self, spy: str, pid: int, out: Path, cores: list[int] | None) -> None:
         self.out = out
+        self.pid = pid
         self._proc = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--threads",
-             "--rate", "200", "--output", str(out)],
+            [spy, "record", "--pid", str(pid), "--format", "raw", "--threads", "--gil",
+             "--nonblocking", "--nolineno", "--rate", "250", "--output", str(out)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=_pin(cores),
         )  # fmt: skip
         time.sleep(1.0)  # py-spy attaches
+        self._cpu = thread_cpu(pid)
+        self._began = time.perf_counter()
 
     def stop(self) -> dict[str, Any] | None:
+        wall = time.perf_counter() - self._began
+        cpu = thread_cpu(self.pid)
         self._proc.send_signal(signal.SIGINT)
         try:
             self._proc.wait(30)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             return None
-        return summarize_profile(self.out) if self.out.exists() else None
+        if not self.out.exists():
+            return None
+        summary = summarize_profile(self.out)
+        names = summary.pop("names")
+        used: collections.Counter[str] = collections.Counter()
+        for tid, (comm, seconds) in cpu.items():
+            spent = seconds - self._cpu.get(tid, (comm, 0.0))[1]
+            used[_kind(names.get(tid, f"{comm} (native)"))] += spent
+        summary["thread_cpu"] = [(name, s / wall) for name, s in used.most_common() if s > 0]
+        return summary
 
 
-def summarize_profile(path: Path, top: int = 12) -> dict[str, Any]:
-    """Collapsed py-spy stacks -> samples per thread and the functions that used them.
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Thread id -> (its name in the kernel, CPU seconds so far), from ``/proc``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            comm, _, rest = (task / "stat").read_text().partition("(")[2].rpartition(")")
+        except OSError:
+            continue  # the thread ended
+        fields = rest.split()
+        found[int(task.name)] = (comm, (int(fields[11]) + int(fields[12])) / tick)
+    return found
 
-    A stack's first frame names its thread (``--threads``); its last is where the sample
-    landed (self time). Threads of the same kind (``lane-decode-3``) are pooled.
+
+def _kind(thread: str) -> str:
+    """Threads of one kind pooled: ``lane-decode_3`` -> ``lane-decode``."""
+    return re.sub(r"[-_ ]?\d+$", "", thread.strip()) or "?"
+
+
+def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
+    """Collapsed py-spy stacks (``--threads``) -> the functions holding the GIL.
+
+    A stack's first frame names its thread (``thread (TID): NAME``); its last is where the
+    sample landed (self time). Threads of one kind are pooled.
     """
-    threads: collections.Counter[str] = collections.Counter()
+    names: dict[int, str] = {}
     leaves: collections.Counter[tuple[str, str]] = collections.Counter()
     total = 0
     for line in path.read_text().splitlines():
@@ -439,15 +483,22 @@ def summarize_profile(path: Path, top: int = 12) -> dict[str, Any]:
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")
-        thread = re.sub(r"\s*\(0x[0-9a-f]+\)", "", frames[0])
-        thread = re.sub(r"[-_]?\d+$", "", thread.replace('"', "").strip()) or "?"
-        leaf = re.sub(r" \(.*?([^/]+\.py|[^/]+\.so)?(:\d+)?\)$", r" (\1)", frames[-1])
-        threads[thread] += int(count)
+        match = re.match(r"thread \((?:0x)?(\w+)\)(?:: (.*))?", frames[0].strip('"'))
+        if match:
+            tid = int(match[1], 16 if frames[0].startswith("thread (0x") else 10)
+            names[tid] = match[2] or str(tid)
+            thread = _kind(names[tid])
+            frames = frames[1:]
+        else:
+            thread = "?"
+        if not frames:
+            continue
+        leaf = re.sub(r" \((?:.*/)?([^/()]+)\)$", r" (\1)", frames[-1])
         leaves[(thread, leaf)] += int(count)
         total += int(count)
     return {
         "samples": total,
-        "threads": threads.most_common(),
+        "names": names,
         "functions": [(t, f, n) for (t, f), n in leaves.most_common(top)],
     }
 
@@ -503,8 +554,11 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict:
                             }
                         )  # fmt: skip
                     runs[system][c].append(result)
-        if args.profile and shutil.which("py-spy"):
-            sampler = Profile(replicas["batched"].pid, workdir / "profile.txt", load_cores)
+        spy = shutil.which("py-spy") or shutil.which(
+            "py-spy", path=str(Path(sys.executable).parent)
+        )
+        if args.profile and spy:
+            sampler = Profile(spy, replicas["batched"].pid, workdir / "profile.txt", load_cores)
             load.call({"address": replicas["batched"].address, "concurrency": 16,
                        "per_client": per_client[16] * 4})  # fmt: skip
             profile = sampler.stop()
@@ -558,7 +612,7 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict:
             }
             for system in systems
         },
-        "stages": stage_table(stage_runs),
+        "stages": stage_table(stage_runs, runs[FLOOR][16]),
         "profile": profile,
     }
     print(
@@ -576,36 +630,58 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict:
     return summary
 
 
-def stage_table(stage_runs: list[dict[str, Any]]) -> list[list[Any]]:
-    """Per-request milliseconds of each stage over the batched concurrency-16 runs."""
+def stage_table(stage_runs: list[dict[str, Any]], floor_runs: list[dict]) -> list[list[Any]]:
+    """The replica's stage timers over the batched concurrency-16 runs, beside the floor's.
+
+    Rows: stage, what one observation is, observations, mean ms per observation, and the
+    stage's total as a share of the runs' wall time (for engine stages: how busy the engine
+    thread was with it; the floor's engine is busy all the time by construction).
+    """
     if not stage_runs:
         return []
+    wall = sum(r["result"]["wall_s"] for r in stage_runs)
     requests = sum(r["result"]["requests"] for r in stage_runs)
     client_s = sum(r["result"]["latency_sum_s"] for r in stage_runs)
-    total = collections.defaultdict(lambda: [0.0, 0])
+    total: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
     for r in stage_runs:
         for stage, (seconds, count) in r["stages"].items():
             total[stage][0] += seconds
             total[stage][1] += count
     handler_s = total["handler"][0]
+
+    def row(name: str, what: str, seconds: float, count: int, share: bool = True) -> list:
+        mean = seconds / count * 1000 if count else 0.0
+        return [name, what, count, mean, f"{seconds / wall:.0%}" if share else "—"]
+
     rows = [
-        ["client latency (load generator)", "per request", client_s / requests * 1000, requests],
-        ["  handler (arrival to last event)", "per request", handler_s / requests * 1000, total["handler"][1]],
-        ["  outside the handler (gRPC receive, send)", "per request",
-         (client_s - handler_s) / requests * 1000, requests],
+        row("client latency (load generator)", "request", client_s, requests, False),
+        row("handler (arrival to last event)", "request", handler_s, total["handler"][1], False),
+        row("outside the handler (gRPC receive and send)", "request", client_s - handler_s,
+            requests, False),
     ]  # fmt: skip
-    per = {
-        "validate": "per request",
-        "codec": "per request",
-        "queue": "per request",
-        "join": "engine, per iteration",
-        "step": "engine, per iteration",
-        "emit": "engine, per iteration",
-        "send": "per message",
+    what = {
+        "validate": "request",
+        "codec": "request",
+        "queue": "request",
+        "join": "iteration with joins",
+        "step": "iteration",
+        "emit": "iteration",
+        "send": "message",
     }
+    busy = 0.0
     for stage in STAGES:
         seconds, count = total.get(stage, (0.0, 0))
-        rows.append([f"  {stage}", per[stage], seconds / requests * 1000, count])
+        rows.append(row(stage, what[stage], seconds, count, stage != "queue"))
+        busy += seconds if stage in ("join", "step", "emit") else 0.0
+    rows.append(
+        ["engine idle (waiting for work)", "—", "—", "—", f"{max(0.0, 1 - busy / wall):.0%}"]
+    )
+    floor_wall = sum(r["wall_s"] for r in floor_runs)
+    for stage in ("join", "step"):
+        seconds = sum(r["stages"][stage][0] for r in floor_runs)
+        count = sum(r["stages"][stage][1] for r in floor_runs)
+        mean = seconds / count * 1000 if count else 0.0
+        rows.append([f"floor: {stage}", what[stage], count, mean, f"{seconds / floor_wall:.0%}"])
     return rows
 
 
@@ -762,25 +838,33 @@ def write_page(args: argparse.Namespace, summaries: dict[str, dict], result: dic
         if s["stages"]:
             page.heading(f"Where the time goes: {m}, batched, concurrency 16")
             page.text(
-                "The replica's own stage timers (`tandem_cloud_stage_seconds`), summed over the "
-                "concurrency-16 runs and divided by the requests served. Engine stages run once "
-                "per iteration for the whole batch, so their per-request share is what each "
-                "request waited on them; `send` is per message (time inside gRPC's write)."
+                "The replica's own stage timers (`tandem_cloud_stage_seconds`) over the "
+                "concurrency-16 runs, and the floor's join and step timed the same way over its "
+                "own runs. Engine stages (join, step, emit) run once per iteration for the whole "
+                "batch; `send` is per message (time inside gRPC's write). The share column is a "
+                "stage's total over the runs' wall time; the client's latency beyond the "
+                "handler's own is gRPC receive and send outside the handler."
             )
-            page.table(["stage", "counted", "ms per request", "observations"], s["stages"])
+            page.table(
+                ["stage", "one observation", "observations", "mean ms", "share of wall time"],
+                s["stages"],
+            )
         if s["profile"]:
             prof = s["profile"]
-            page.heading(f"Profile: {m}, batched, concurrency 16 (py-spy)")
+            page.heading(f"Profile: {m}, batched, concurrency 16")
             page.text(
-                f"{prof['samples']} samples at 200 Hz of the replica's threads while running "
-                "(threads waiting on locks, sockets or the GIL are not sampled)."
+                "One extra concurrency-16 run of the batched replica: each thread's CPU time "
+                "over the run's wall time (from `/proc`; 100 % = one core), then py-spy's "
+                f"{prof['samples']} samples (250 Hz, `--gil`) of whichever thread held the GIL, "
+                "by the function they landed in: Python's own work, which every thread of the "
+                "replica shares and waits for."
             )
             page.table(
-                ["thread", "share of samples"],
-                [[t, f"{n / prof['samples']:.0%}"] for t, n in prof["threads"]],
+                ["thread", "CPU (share of one core)"],
+                [[t, f"{share:.0%}"] for t, share in prof["thread_cpu"]],
             )
             page.table(
-                ["thread", "function (self time)", "share"],
+                ["thread", "function holding the GIL (self)", "share of GIL samples"],
                 [[t, f"`{f}`", f"{n / prof['samples']:.0%}"] for t, f, n in prof["functions"]],
             )
     page.json(result)

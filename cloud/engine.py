@@ -71,6 +71,7 @@ class Engine:
         self._wake = threading.Condition(self._lock)
         self._stopping = False
         self._step_s = 0.0
+        self._stages = metrics.stages(self.name)
         self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
 
     def start(self) -> None:
@@ -95,7 +96,7 @@ class Engine:
                 )
             )
             return stream
-        seq = Sequence(stream.key, job, arrived_s, deadline_s)
+        seq = Sequence(stream.key, job, arrived_s, deadline_s, submitted_s=self._clock())
         with self._lock:
             self._scheduler.submit(seq)
             self._streams[stream.key] = stream
@@ -141,21 +142,26 @@ class Engine:
                 if self._stopping:
                     return
                 started = self._clock()
+                plan_ns = time.perf_counter_ns()
                 plan = self._scheduler.plan(started, self._step_s)
                 self._deliver(plan.updates)
+                plan_ns = time.perf_counter_ns() - plan_ns
             try:
-                self._iterate(plan, started)
+                self._iterate(plan, started, plan_ns)
             except Exception:  # a bug in this loop must not leave clients waiting forever
                 log.exception("engine iteration failed", extra={"model": self.name})
                 self._fail_all("engine iteration failed")
 
-    def _iterate(self, plan: Plan, started: float) -> None:
+    def _iterate(self, plan: Plan, started: float, plan_ns: int = 0) -> None:
+        join_ns = time.perf_counter_ns()
         for key in plan.remove:
             self._batch.remove(key)
         results = []
         failed: list[tuple[int, str]] = []
+        queue_stage = self._stages["queue"]
         for seq in plan.admit:
             self._metrics.queue_seconds.labels(self.name).observe(started - seq.arrived_s)
+            queue_stage.observe(started - (seq.submitted_s or seq.arrived_s))
         try:
             # All joiners in one cache-init run and one prefill run per prefix length.
             results += self._batch.add_many(
@@ -173,6 +179,8 @@ class Engine:
                         extra={"request_id": seq.job.request_id, "model": self.name},
                     )
                     failed.append((seq.key, f"{type(exc).__name__} while joining the batch"))
+        step_ns = time.perf_counter_ns()
+        join_ns = step_ns - join_ns
         rows = len(self._batch)
         if rows:
             try:
@@ -187,6 +195,8 @@ class Engine:
                 failed += [(k, f"{type(exc).__name__} in a batched step") for k in keys]
                 self._batch = self.model.new_batch()
         done = self._clock()
+        emit_ns = time.perf_counter_ns()
+        step_ns = emit_ns - step_ns
         elapsed = done - started
         self._step_s = (
             elapsed
@@ -203,6 +213,13 @@ class Engine:
                 if stream is not None:
                     stream.events.put(ModelFailure(reasons[seq.key]))
             self._deliver(updates)
+        emit_ns = time.perf_counter_ns() - emit_ns + plan_ns
+        # Observed outside the lock: handlers submitting never wait on the timers.
+        if plan.admit or plan.remove:
+            self._stages["join"].observe(join_ns / 1e9)
+        if rows:
+            self._stages["step"].observe(step_ns / 1e9)
+        self._stages["emit"].observe(emit_ns / 1e9)
 
     def _deliver(self, updates) -> None:
         """Hand updates to their streams (lock held); finished streams are forgotten."""

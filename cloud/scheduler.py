@@ -40,6 +40,9 @@ class Sequence:
     """When the request arrived (before validation): queue_ms counts from here."""
     deadline_s: float
     """Absolute time (same clock as ``now_s``) by which the last update must be sent."""
+    submitted_s: float | None = None
+    """When it was handed to the engine (after validation): the ``queue`` stage counts from
+    here."""
     started_s: float | None = None
     """When it joined the batch (its first decoding step)."""
     last_token_s: float | None = None

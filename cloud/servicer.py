@@ -16,6 +16,7 @@ import queue
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
+from typing import Any
 
 import grpc
 
@@ -80,6 +81,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         self._default_deadline_s = default_deadline_s
         self._clock = clock
         self._stream_interval_s = stream_interval_s
+        self._stage_timers: dict[str, dict] = {}
 
     # -- Decode ------------------------------------------------------------------------------
 
@@ -131,6 +133,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         arrived: float,
         outcome: dict,
     ) -> Iterator[decoder_pb2.DecodeEvent]:
+        began = time.perf_counter()
         if isinstance(request, Undecodable):
             raise InputError(request.describe())
         principal = self._authenticate(context)
@@ -138,7 +141,10 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         served = find_model(request.model_fingerprint, self._served, principal.models)
         outcome["model"] = served.name
         principal.check_model(served.fingerprint)  # before the tensor is even decoded
-        job = validate_request(request, self._served)
+        job = validate_request(request, self._served, time.perf_counter)
+        stages = self._stages(served.name)
+        stages["codec"].observe(job.codec_s)
+        stages["validate"].observe(time.perf_counter() - began - job.codec_s)
         engine = self._engines[served.fingerprint]
         self._limiter.acquire(principal.client)
         try:
@@ -147,7 +153,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
             context.send_initial_metadata(((REPLICA_KEY, self._replica_id),))
             if not context.add_callback(lambda: engine.cancel(stream)):
                 engine.cancel(stream)  # the call ended before we could watch it
-            yield from self._relay(stream, engine, context, served, outcome)
+            yield from self._relay(stream, engine, context, served, outcome, stages["send"])
         finally:
             self._limiter.release(principal.client)
 
@@ -158,8 +164,12 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         context: grpc.ServicerContext,
         served: ServedModel,
         outcome: dict,
+        send: Any,
     ) -> Iterator[decoder_pb2.DecodeEvent]:
-        """Engine updates -> DecodeEvents, as they come; returns when the stream ends."""
+        """Engine updates -> DecodeEvents, as they come; returns when the stream ends.
+
+        ``send`` (the stage histogram) times each ``yield``: gRPC serializes and writes the
+        message before it asks for the next one."""
         carry: _Event = None
         last_sent: float | None = None  # when this stream's last token message went out
         while True:
@@ -184,13 +194,16 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
             if item.tokens:
                 outcome["tokens"] += len(item.tokens)
                 self._metrics.tokens.labels(served.name).inc(len(item.tokens))
+                sending = time.perf_counter()
                 yield decoder_pb2.DecodeEvent(
                     tokens=decoder_pb2.TokenChunk(start=item.start, ids=item.tokens)
                 )
+                send.observe(time.perf_counter() - sending)
                 last_sent = self._clock()
             if item.finish is not None:
                 outcome["reason"] = item.finish
                 self._metrics.finishes.labels(served.name, item.finish).inc()
+                sending = time.perf_counter()
                 yield decoder_pb2.DecodeEvent(
                     final=decoder_pb2.DecodeFinal(
                         reason=finish_to_proto(item.finish),
@@ -200,6 +213,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
                         replica_id=self._replica_id,
                     )
                 )
+                send.observe(time.perf_counter() - sending)
                 return
 
     # -- ListModels --------------------------------------------------------------------------
@@ -222,6 +236,12 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         return decoder_pb2.ListModelsResponse(models=models)
 
     # -- shared ------------------------------------------------------------------------------
+
+    def _stages(self, model: str) -> dict:
+        stages = self._stage_timers.get(model)
+        if stages is None:
+            stages = self._stage_timers[model] = self._metrics.stages(model)
+        return stages
 
     def _authenticate(self, context: grpc.ServicerContext) -> Principal:
         return self._auth.authenticate(

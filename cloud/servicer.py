@@ -292,7 +292,9 @@ def _coalesce(
     event that could not be merged (a failure or cancellation), if any.
 
     Takes what is already waiting and, with ``hold_until`` (a ``clock`` time), also what
-    arrives until then — unless the stream ends first, whose final update goes at once.
+    arrives until then — unless the stream ends first, whose final update goes at once. The
+    hold sleeps on ``stream.events.ended``, not on the queue: tokens arriving meanwhile do not
+    wake the handler (see ``StreamEvents``).
 
     Why: with many streams in one batch, the engine produces a token per stream per step; a
     message each costs the replica (and the client) a fixed amount of Python and HTTP/2 work,
@@ -301,11 +303,14 @@ def _coalesce(
     """
     if not isinstance(item, Update) or item.finish is not None:
         return item, None
+    if hold_until is not None:
+        wait = hold_until - clock()
+        if wait > 0:
+            stream.events.ended.wait(wait)
     tokens = list(item.tokens)
     while True:
-        wait = 0.0 if hold_until is None else hold_until - clock()
         try:
-            following = stream.events.get(timeout=wait) if wait > 0 else stream.events.get_nowait()
+            following = stream.events.get_nowait()
         except queue.Empty:
             return replace(item, tokens=tuple(tokens)), None
         if not isinstance(following, Update):

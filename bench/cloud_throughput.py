@@ -11,6 +11,10 @@ Two questions, each answered against a peer measured in the same run:
   ``floor_p50_ratio`` = service p50 / floor p50 and ``floor_throughput_ratio`` = service
   tokens/s / floor tokens/s: everything between 1.0 and the service's figure is serving
   overhead (gRPC, codec, validation, scheduling, token messages), not the model.
+  ``floor_cpu_ratio`` = the replica's CPU seconds per token / the floor's: the same overhead
+  in CPU, which background load hardly moves. Wall-clock ratios need a quiet machine: on a
+  busy one the kernel shares a core between threads, and the replica (dozens of threads)
+  then gets more of it than the single-threaded floor, which flatters the service.
 - **Does continuous batching pay?** The peer is the very same service with
   ``scheduler.max_batch: 1`` (queue and all): without batching a replica's throughput is flat
   in its number of clients while their latency grows linearly.
@@ -47,8 +51,8 @@ Targets (a quiet machine): ``floor_p50_ratio_c16 <= 1.3``, ``floor_p50_ratio_c1 
 ``--quick``: concurrency 1 and 16 on the default model, in well under two minutes. The last
 line printed is one JSON object: ``speedup_c16`` (batched tokens/s at concurrency 16 /
 one-at-a-time), ``p50_ratio_c16`` (batched p50 latency at concurrency 16 / at concurrency 1),
-``floor_p50_ratio_c1``, ``floor_p50_ratio_c16`` and ``floor_throughput_ratio_c16`` for the
-first model, and every model's figures under ``models``. The run writes its results page,
+``floor_p50_ratio_c1``, ``floor_p50_ratio_c16``, ``floor_throughput_ratio_c16`` and
+``floor_cpu_ratio_c16`` for the first model, and every model's figures under ``models``. The run writes its results page,
 ``docs/results/cloud_throughput.md`` (``--no-results``: none).
 """
 
@@ -560,7 +564,7 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict:
         if args.profile and spy:
             sampler = Profile(spy, replicas["batched"].pid, workdir / "profile.txt", load_cores)
             load.call({"address": replicas["batched"].address, "concurrency": 16,
-                       "per_client": per_client[16] * 4})  # fmt: skip
+                       "per_client": 40})  # fmt: skip
             profile = sampler.stop()
     finally:
         for replica in replicas.values():
@@ -601,6 +605,13 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict:
         },
         "floor_throughput_ratio": {
             c: paired_ratio(series("batched", c, "tokens_per_s"), series(FLOOR, c, "tokens_per_s"))
+            for c in args.concurrency
+        },
+        "floor_cpu_ratio": {
+            c: paired_ratio(
+                [r["replica_cpu_share"] * r["wall_s"] / r["tokens"] for r in runs["batched"][c]],
+                [r["cpu_share"] * r["wall_s"] / r["tokens"] for r in runs[FLOOR][c]],
+            )
             for c in args.concurrency
         },
         "load_generator_cpu": {c: median("batched", c, "cpu_share") for c in args.concurrency},
@@ -765,6 +776,7 @@ def main() -> int:
         "floor_p50_ratio_c1": round(figures["floor_p50_ratio_c1"], 3),
         "floor_p50_ratio_c16": round(figures["floor_p50_ratio_c16"], 3),
         "floor_throughput_ratio_c16": round(figures["floor_throughput_ratio_c16"], 3),
+        "floor_cpu_ratio_c16": round(first["floor_cpu_ratio"][16], 3),
         "model": models[0],
         "targets": TARGETS,
         "meets_targets": meets,
@@ -784,6 +796,7 @@ def main() -> int:
                 "floor_throughput_ratio": {
                     str(c): round(v, 3) for c, v in s["floor_throughput_ratio"].items()
                 },
+                "floor_cpu_ratio": {str(c): round(v, 3) for c, v in s["floor_cpu_ratio"].items()},
                 "load_generator_cpu": {
                     str(c): round(v, 3) for c, v in s["load_generator_cpu"].items()
                 },
@@ -827,9 +840,11 @@ def write_page(args: argparse.Namespace, summaries: dict[str, dict], result: dic
     page.table(
         ["model", *(f"service/floor p50 c{c}" for c in args.concurrency),
          *(f"service/floor tokens/s c{c}" for c in many),
+         *(f"service/floor CPU per token c{c}" for c in many),
          *(f"speedup c{c}" for c in many), *(f"p50 c{c} / c1" for c in many)],
         [[m, *(f"{s['floor_p50_ratio'][c]:.2f}x" for c in args.concurrency),
           *(f"{s['floor_throughput_ratio'][c]:.2f}x" for c in many),
+          *(f"{s['floor_cpu_ratio'][c]:.2f}x" for c in many),
           *(f"{s['speedup'][c]:.2f}x" for c in many),
           *(f"{s['p50_ratio'][c]:.2f}x" for c in many)]
          for m, s in summaries.items()],

@@ -92,6 +92,13 @@ class Engine:
         self._stopping = False
         self._step_s = 0.0
         self._stages = metrics.stages(self.name)
+        # Children resolved once: ``labels()`` takes a lock and builds a key on every call,
+        # and the engine thread would pay it several times per iteration.
+        self._active_gauge = metrics.active.labels(self.name)
+        self._queued_gauge = metrics.queued.labels(self.name)
+        self._queue_seconds = metrics.queue_seconds.labels(self.name)
+        self._batch_size = metrics.batch_size.labels(self.name)
+        self._step_seconds = metrics.step_seconds.labels(self.name)
         self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
 
     def start(self) -> None:
@@ -120,7 +127,7 @@ class Engine:
         with self._lock:
             self._scheduler.submit(seq)
             self._streams[stream.key] = stream
-            self._metrics.queued.labels(self.name).set(self._scheduler.queued_count)
+            self._queued_gauge.set(self._scheduler.queued_count)
             self._wake.notify()
         return stream
 
@@ -180,7 +187,7 @@ class Engine:
         failed: list[tuple[int, str]] = []
         queue_stage = self._stages["queue"]
         for seq in plan.admit:
-            self._metrics.queue_seconds.labels(self.name).observe(started - seq.arrived_s)
+            self._queue_seconds.observe(started - seq.arrived_s)
             queue_stage.observe(started - (seq.submitted_s or seq.arrived_s))
         try:
             # All joiners in one cache-init run and one prefill run per prefix length.
@@ -205,7 +212,7 @@ class Engine:
         if rows:
             try:
                 results += self._batch.step()
-                self._metrics.batch_size.labels(self.name).observe(rows)
+                self._batch_size.observe(rows)
             except Exception as exc:
                 keys = self._batch.keys
                 log.exception(
@@ -223,7 +230,7 @@ class Engine:
             if self._step_s == 0
             else (_STEP_EMA_WEIGHT * elapsed + (1 - _STEP_EMA_WEIGHT) * self._step_s)
         )
-        self._metrics.step_seconds.labels(self.name).observe(elapsed)
+        self._step_seconds.observe(elapsed)
         with self._lock:
             updates = self._scheduler.record(results, done)
             reasons = dict(failed)
@@ -250,8 +257,8 @@ class Engine:
             if update.finish is not None:
                 del self._streams[update.key]
             stream.events.put(update)
-        self._metrics.active.labels(self.name).set(self._scheduler.active_count)
-        self._metrics.queued.labels(self.name).set(self._scheduler.queued_count)
+        self._active_gauge.set(self._scheduler.active_count)
+        self._queued_gauge.set(self._scheduler.queued_count)
 
     def _fail_all(self, reason: str) -> None:
         with self._lock:

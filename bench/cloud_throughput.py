@@ -52,7 +52,8 @@ Targets (a quiet machine): ``floor_p50_ratio_c16 <= 1.3``, ``floor_p50_ratio_c1 
 line printed is one JSON object: ``speedup_c16`` (batched tokens/s at concurrency 16 /
 one-at-a-time), ``p50_ratio_c16`` (batched p50 latency at concurrency 16 / at concurrency 1),
 ``floor_p50_ratio_c1``, ``floor_p50_ratio_c16``, ``floor_throughput_ratio_c16`` and
-``floor_cpu_ratio_c16`` for the first model, and every model's figures under ``models``. The run writes its results page,
+``floor_cpu_ratio_c16`` for the first model, ``background_cores`` (the CPU other work used
+during the run, in cores: wall-clock figures are evidence only when it is near 0), and every model's figures under ``models``. The run writes its results page,
 ``docs/results/cloud_throughput.md`` (``--no-results``: none).
 """
 
@@ -696,6 +697,39 @@ def stage_table(stage_runs: list[dict[str, Any]], floor_runs: list[dict]) -> lis
     return rows
 
 
+def machine_cpu_s() -> list[float]:
+    """CPU seconds each core spent busy since boot (``/proc/stat``), or [] off Linux."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return []
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = {}
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            values = [int(v) for v in fields]
+            busy[int(name[3:])] = (sum(values[:8]) - values[3] - values[4]) / tick  # not idle
+    return [busy[i] for i in sorted(busy)]
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and of its children that ended (replicas, workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def background_cores(before: tuple[list[float], float], wall_s: float, cores: tuple) -> float:
+    """Cores' worth of CPU that other work used during the run: the machine's busy time less
+    this benchmark's own (its children included), over the wall time. Wall-clock ratios are
+    evidence only when this is near 0."""
+    machine = machine_cpu_s()
+    if not machine or not before[0]:
+        return float("nan")
+    used = sum(machine) - sum(before[0])
+    return max(0.0, (used - (own_cpu_s() - before[1])) / wall_s)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="concurrency 1 and 16, default model")
@@ -742,6 +776,7 @@ def main() -> int:
     models = args.model or (["default"] if args.quick else ["default", OPUS])
     began = time.perf_counter()
     load_before = os.getloadavg()
+    cpu_before = machine_cpu_s(), own_cpu_s()
     from tandem.errors import TandemError
 
     try:
@@ -786,6 +821,9 @@ def main() -> int:
         "load_generator": "grpc.aio (Python asyncio), its own process",
         "load_average_start": [round(x, 2) for x in load_before],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        "background_cores": round(
+            background_cores(cpu_before, time.perf_counter() - began, args.cores), 2
+        ),
         "seconds": round(time.perf_counter() - began, 1),
         "models": {
             m: {
@@ -835,6 +873,14 @@ def write_page(args: argparse.Namespace, summaries: dict[str, dict], result: dic
         "`floor_throughput_ratio_c16 >= 0.8`, `speedup_c16 >= 3`. Timings on a machine "
         "shared with other work are slower and noisier; the load average is in the table below."
     )
+    busy = result["background_cores"]
+    if not busy < 0.2:
+        page.text(
+            f"**Not a quiet machine:** other work used {busy:.2f} cores on average during this "
+            "run, so its wall-clock figures (latencies, tokens/s and their ratios to the floor) "
+            "are no evidence for or against the targets; the CPU-per-token ratio is the figure "
+            "that load moves least."
+        )
     page.table(HEADERS, [row for s in summaries.values() for row in s["rows"]])
     many = [c for c in args.concurrency if c != 1]
     page.table(

@@ -176,6 +176,12 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
             if carry is not None:
                 item, carry = carry, None
             else:
+                if last_sent is not None and self._stream_interval_s > 0:
+                    # Nothing goes out before the hold ends unless the stream ends: sleep
+                    # through the tokens that arrive meanwhile (see StreamEvents).
+                    wait = last_sent + self._stream_interval_s - self._clock()
+                    if wait > 0:
+                        stream.events.ended.wait(wait)
                 try:
                     item = stream.events.get(timeout=_POLL_S)
                 except queue.Empty:

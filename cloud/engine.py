@@ -188,7 +188,8 @@ class Engine:
         queue_stage = self._stages["queue"]
         for seq in plan.admit:
             self._queue_seconds.observe(started - seq.arrived_s)
-            queue_stage.observe(started - (seq.submitted_s or seq.arrived_s))
+            submitted = seq.arrived_s if seq.submitted_s is None else seq.submitted_s
+            queue_stage.observe(started - submitted)
         try:
             # All joiners in one cache-init run and one prefill run per prefix length.
             results += self._batch.add_many(

@@ -18,6 +18,7 @@ Kept small on purpose; each helper exists because benchmarks must agree on how t
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import math
@@ -76,13 +77,21 @@ class Worker:
     through, so warnings and tracebacks stay visible.
     """
 
-    def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        cores: Sequence[int] | None = None,
+    ) -> None:
+        """``cores``: pin the child (and every thread it starts) to these CPUs (Linux)."""
+        pin = None if cores is None else functools.partial(os.sched_setaffinity, 0, cores)
         self._proc = subprocess.Popen(
             [sys.executable, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             env=env,
+            preexec_fn=pin,
         )
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,17 @@ from tandem.cloud.config import Address
 log = logging.getLogger(__name__)
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+_STAGE_BUCKETS = (
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0,
+)  # fmt: skip
+STAGES = ("validate", "codec", "queue", "join", "step", "emit", "send")
+"""Stages of a Decode call timed by ``tandem_cloud_stage_seconds`` (docs/cloud-contract.md):
+``validate`` (authentication and request checks, the tensor's decoding excluded), ``codec``
+(decoding the hidden states), ``queue`` (submitted until joining the batch), ``join`` (an
+iteration's cache-init and prefill runs), ``step`` (an iteration's batched decoder step),
+``emit`` (an iteration's scheduler bookkeeping: plan, record, updates handed to streams) and
+``send`` (one token or final message inside gRPC's write). Engine stages are observed once
+per iteration, the others once per request or message."""
 _SECONDS_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
@@ -80,6 +91,13 @@ class Metrics:
             buckets=_SECONDS_BUCKETS,
             registry=r,
         )
+        self.stage_seconds = Histogram(
+            "tandem_cloud_stage_seconds",
+            "Time in each stage of serving Decode calls, by model and stage (see STAGES).",
+            ["model", "stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
         self.active = Gauge(
             "tandem_cloud_active_sequences",
             "Sequences in the decoding batch.",
@@ -110,6 +128,10 @@ class Metrics:
             "1 while the replica is shutting down (health NOT_SERVING).",
             registry=r,
         )
+
+    def stages(self, model: str) -> dict[str, Histogram]:
+        """The stage histograms of one model, resolved once (``labels`` takes a lock)."""
+        return {stage: self.stage_seconds.labels(model, stage) for stage in STAGES}
 
 
 class MetricsEndpoint:

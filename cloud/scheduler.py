@@ -40,6 +40,9 @@ class Sequence:
     """When the request arrived (before validation): queue_ms counts from here."""
     deadline_s: float
     """Absolute time (same clock as ``now_s``) by which the last update must be sent."""
+    submitted_s: float | None = None
+    """When it was handed to the engine (after validation): the ``queue`` stage counts from
+    here."""
     started_s: float | None = None
     """When it joined the batch (its first decoding step)."""
     last_token_s: float | None = None
@@ -50,9 +53,14 @@ class Sequence:
     """The client went away (cancelled, connection lost): leave without an update."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Update:
-    """What one request receives after one iteration: new tokens, and the end if it came."""
+    """What one request receives after one iteration: new tokens, and the end if it came.
+
+    Frozen, with a constructor of its own: the generated one of a frozen dataclass sets each
+    field through ``object.__setattr__`` (2.2 us here against 0.4 us), and the engine thread
+    makes one per active sequence per step.
+    """
 
     key: int
     start: int
@@ -65,6 +73,25 @@ class Update:
     """On a final update: length of the generated sequence, prefix included, EOS excluded."""
     queue_ms: float = 0.0
     decode_ms: float = 0.0
+
+    def __init__(
+        self,
+        key: int,
+        start: int,
+        tokens: tuple[int, ...],
+        finish: str | None = None,
+        token_count: int = 0,
+        queue_ms: float = 0.0,
+        decode_ms: float = 0.0,
+    ) -> None:
+        fields = self.__dict__
+        fields["key"] = key
+        fields["start"] = start
+        fields["tokens"] = tokens
+        fields["finish"] = finish
+        fields["token_count"] = token_count
+        fields["queue_ms"] = queue_ms
+        fields["decode_ms"] = decode_ms
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import queue
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
+from typing import Any
 
 import grpc
 
@@ -80,6 +81,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         self._default_deadline_s = default_deadline_s
         self._clock = clock
         self._stream_interval_s = stream_interval_s
+        self._stage_timers: dict[str, dict] = {}
 
     # -- Decode ------------------------------------------------------------------------------
 
@@ -131,6 +133,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         arrived: float,
         outcome: dict,
     ) -> Iterator[decoder_pb2.DecodeEvent]:
+        began = time.perf_counter()
         if isinstance(request, Undecodable):
             raise InputError(request.describe())
         principal = self._authenticate(context)
@@ -138,7 +141,10 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         served = find_model(request.model_fingerprint, self._served, principal.models)
         outcome["model"] = served.name
         principal.check_model(served.fingerprint)  # before the tensor is even decoded
-        job = validate_request(request, self._served)
+        job = validate_request(request, self._served, time.perf_counter)
+        stages = self._stages(served.name)
+        stages["codec"].observe(job.codec_s)
+        stages["validate"].observe(time.perf_counter() - began - job.codec_s)
         engine = self._engines[served.fingerprint]
         self._limiter.acquire(principal.client)
         try:
@@ -147,7 +153,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
             context.send_initial_metadata(((REPLICA_KEY, self._replica_id),))
             if not context.add_callback(lambda: engine.cancel(stream)):
                 engine.cancel(stream)  # the call ended before we could watch it
-            yield from self._relay(stream, engine, context, served, outcome)
+            yield from self._relay(stream, engine, context, served, outcome, stages["send"])
         finally:
             self._limiter.release(principal.client)
 
@@ -158,14 +164,24 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         context: grpc.ServicerContext,
         served: ServedModel,
         outcome: dict,
+        send: Any,
     ) -> Iterator[decoder_pb2.DecodeEvent]:
-        """Engine updates -> DecodeEvents, as they come; returns when the stream ends."""
+        """Engine updates -> DecodeEvents, as they come; returns when the stream ends.
+
+        ``send`` (the stage histogram) times each ``yield``: gRPC serializes and writes the
+        message before it asks for the next one."""
         carry: _Event = None
         last_sent: float | None = None  # when this stream's last token message went out
         while True:
             if carry is not None:
                 item, carry = carry, None
             else:
+                if last_sent is not None and self._stream_interval_s > 0:
+                    # Nothing goes out before the hold ends unless the stream ends: sleep
+                    # through the tokens that arrive meanwhile (see StreamEvents).
+                    wait = last_sent + self._stream_interval_s - self._clock()
+                    if wait > 0:
+                        stream.events.ended.wait(wait)
                 try:
                     item = stream.events.get(timeout=_POLL_S)
                 except queue.Empty:
@@ -184,13 +200,16 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
             if item.tokens:
                 outcome["tokens"] += len(item.tokens)
                 self._metrics.tokens.labels(served.name).inc(len(item.tokens))
+                sending = time.perf_counter()
                 yield decoder_pb2.DecodeEvent(
                     tokens=decoder_pb2.TokenChunk(start=item.start, ids=item.tokens)
                 )
+                send.observe(time.perf_counter() - sending)
                 last_sent = self._clock()
             if item.finish is not None:
                 outcome["reason"] = item.finish
                 self._metrics.finishes.labels(served.name, item.finish).inc()
+                sending = time.perf_counter()
                 yield decoder_pb2.DecodeEvent(
                     final=decoder_pb2.DecodeFinal(
                         reason=finish_to_proto(item.finish),
@@ -200,6 +219,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
                         replica_id=self._replica_id,
                     )
                 )
+                send.observe(time.perf_counter() - sending)
                 return
 
     # -- ListModels --------------------------------------------------------------------------
@@ -222,6 +242,12 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         return decoder_pb2.ListModelsResponse(models=models)
 
     # -- shared ------------------------------------------------------------------------------
+
+    def _stages(self, model: str) -> dict:
+        stages = self._stage_timers.get(model)
+        if stages is None:
+            stages = self._stage_timers[model] = self._metrics.stages(model)
+        return stages
 
     def _authenticate(self, context: grpc.ServicerContext) -> Principal:
         return self._auth.authenticate(
@@ -272,7 +298,9 @@ def _coalesce(
     event that could not be merged (a failure or cancellation), if any.
 
     Takes what is already waiting and, with ``hold_until`` (a ``clock`` time), also what
-    arrives until then — unless the stream ends first, whose final update goes at once.
+    arrives until then — unless the stream ends first, whose final update goes at once. The
+    hold sleeps on ``stream.events.ended``, not on the queue: tokens arriving meanwhile do not
+    wake the handler (see ``StreamEvents``).
 
     Why: with many streams in one batch, the engine produces a token per stream per step; a
     message each costs the replica (and the client) a fixed amount of Python and HTTP/2 work,
@@ -281,11 +309,14 @@ def _coalesce(
     """
     if not isinstance(item, Update) or item.finish is not None:
         return item, None
+    if hold_until is not None:
+        wait = hold_until - clock()
+        if wait > 0:
+            stream.events.ended.wait(wait)
     tokens = list(item.tokens)
     while True:
-        wait = 0.0 if hold_until is None else hold_until - clock()
         try:
-            following = stream.events.get(timeout=wait) if wait > 0 else stream.events.get_nowait()
+            following = stream.events.get_nowait()
         except queue.Empty:
             return replace(item, tokens=tuple(tokens)), None
         if not isinstance(following, Update):

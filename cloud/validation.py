@@ -14,7 +14,7 @@ the request, and ``tandem.wire.decode_tensor`` bounds it by the model's limits.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -87,6 +87,8 @@ class Job:
     lead: tuple[int, ...] = ()
     """Tokens streamed before any decoded one: the forced first token when the request had no
     prefix (the client has not seen it yet), else nothing."""
+    codec_s: float = 0.0
+    """Seconds decoding the hidden states took, when ``validate_request`` had a clock."""
 
     @property
     def complete(self) -> bool:
@@ -119,14 +121,22 @@ def find_model(
     return model
 
 
-def validate_request(request: decoder_pb2.DecodeRequest, served: Mapping[str, ServedModel]) -> Job:
-    """Check every field of ``request``; the cheap checks run before the tensor is decoded."""
+def validate_request(
+    request: decoder_pb2.DecodeRequest,
+    served: Mapping[str, ServedModel],
+    clock: Callable[[], float] | None = None,
+) -> Job:
+    """Check every field of ``request``; the cheap checks run before the tensor is decoded.
+
+    ``clock``: times the tensor's decoding into ``Job.codec_s`` (the caller's stage timer).
+    """
     request_id = check_request_id(request.request_id)
     model = find_model(request.model_fingerprint, served)
     params = _params(request, model)
     if not request.HasField("hidden_states"):
         raise InputError("hidden_states is missing")
     dims = model.manifest.dims
+    codec_start = clock() if clock is not None else 0.0
     hidden = decode_tensor(
         request.hidden_states,
         max_rows=dims.max_source_length,
@@ -134,6 +144,7 @@ def validate_request(request: decoder_pb2.DecodeRequest, served: Mapping[str, Se
         max_bytes=model.max_payload_bytes,
         name="hidden_states",
     )  # (rows, hidden) float32, finite
+    codec_s = clock() - codec_start if clock is not None else 0.0
     rows = hidden.shape[0]
     if not 1 <= request.source_length <= rows:
         raise InputError(
@@ -146,7 +157,7 @@ def validate_request(request: decoder_pb2.DecodeRequest, served: Mapping[str, Se
     if not params.prefix and params.forced_first_token is not None:
         lead = (params.forced_first_token,)
         params = replace(params, prefix=lead)
-    job = Job(request_id, model, hidden, params, start, lead)
+    job = Job(request_id, model, hidden, params, start, lead, codec_s)
     if not job.complete:
         params.validate(model.manifest)  # the runtime's own rules, as a backstop
     return job

@@ -101,14 +101,25 @@ FINISH_EOS = "eos"
 FINISH_LENGTH = "length"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class StepResult:
-    """One token produced for one sequence; ``finish`` is set on its last token."""
+    """One token produced for one sequence; ``finish`` is set on its last token.
+
+    Frozen, with a constructor of its own: a frozen dataclass's generated one sets each field
+    through ``object.__setattr__``, several times slower, and a step makes one per row.
+    """
 
     key: Hashable
     index: int
     token: int
     finish: str | None
+
+    def __init__(self, key: Hashable, index: int, token: int, finish: str | None) -> None:
+        fields = self.__dict__
+        fields["key"] = key
+        fields["index"] = index
+        fields["token"] = token
+        fields["finish"] = finish
 
 
 class DecodeBatch:

@@ -73,6 +73,12 @@ def test_health_reflection_and_metrics(serve, model):
         "tandem_cloud_step_seconds_bucket",
     ):
         assert metric in text
+    # Every stage timer saw the one served request (engine stages: each of its iterations).
+    for stage in ("validate", "codec", "queue", "join", "step", "emit", "send"):
+        count = server.metrics.registry.get_sample_value(
+            "tandem_cloud_stage_seconds_count", {"model": name, "stage": stage}
+        )
+        assert count and count >= 1, stage
 
 
 def test_cancel_frees_the_slot_at_the_next_step(serve, long_model):

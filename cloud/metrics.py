@@ -17,6 +17,7 @@ from tandem.cloud.config import Address
 log = logging.getLogger(__name__)
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+_TOKEN_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _SECONDS_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
@@ -103,6 +104,22 @@ class Metrics:
             "Calls answered before they got a thread (tandem.admission): no or unknown token, "
             "a full lane, or no request message in time (CANCELLED), by lane and code.",
             ["lane", "code"],
+            registry=r,
+        )
+        self.handoff_prefix_tokens = Histogram(
+            "tandem_cloud_handoff_prefix_tokens",
+            "Tokens a Handoff's device already had when its upload landed: the replica "
+            "continued after them instead of decoding them again.",
+            ["model"],
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.handoff_prefix_wait = Histogram(
+            "tandem_cloud_handoff_prefix_wait_seconds",
+            "Time from a Handoff's acknowledgement to its device's prefix (about one round "
+            "trip), any outcome.",
+            ["model"],
+            buckets=_SECONDS_BUCKETS,
             registry=r,
         )
         self.draining = Gauge(

@@ -91,9 +91,7 @@ def test_handoff_continues_from_the_prefix_exactly(shared_server, model, cut):
     """Whatever the device had when the upload landed, the whole answer is a local decode's."""
     want, finish = expected_ids(model, SOURCE, max_new_tokens=12)
     assert len(want) > 6
-    ids, final = handoff(
-        stub(shared_server), request(model, SOURCE, max_new_tokens=12), want[:cut]
-    )
+    ids, final = handoff(stub(shared_server), request(model, SOURCE, max_new_tokens=12), want[:cut])
     assert want[:cut] + ids == want
     assert final.token_count == len(want)
     assert final.reason == (

@@ -117,7 +117,7 @@ class Metrics:
         self.handoff_prefix_wait = Histogram(
             "tandem_cloud_handoff_prefix_wait_seconds",
             "Time from a Handoff's acknowledgement to its device's prefix (about one round "
-            "trip), any outcome.",
+            "trip), whenever the next message or the end of the client's stream came.",
             ["model"],
             buckets=_SECONDS_BUCKETS,
             registry=r,

@@ -1,7 +1,10 @@
 # Two commands (see README): `make demo` installs everything and runs the main job on the
 # shipped default model; `make test` installs everything and runs the test suite: the fast
-# suite, then the chaos scenario (tests/chaos, about a minute) as a stage of its own. Before
-# them, the documentation site is built with --strict, so a dead link fails the run.
+# suite, then stages of their own: the chaos scenario (tests/chaos, about a minute), the wheel
+# installed in a fresh venv and run outside the checkout (tests/packaging), and the deployment
+# (tests/deploy: the image built and run with podman, replicas behind nginx; they install
+# podman/nginx with apt when missing, and skip only where that is impossible). Before them,
+# the documentation site is built with --strict, so a dead link fails the run.
 VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
@@ -25,8 +28,10 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mkdocs build --strict
-	$(PY) -m pytest -m "not slow and not chaos"
+	$(PY) -m pytest -m "not slow and not chaos and not wheel and not container and not nginx"
 	$(PY) -m pytest -m chaos tests/chaos
+	$(PY) -m pytest -m wheel tests/packaging
+	$(PY) -m pytest -m "container or nginx" tests/deploy
 
 docs: install
 	$(VENV)/bin/mkdocs build --strict

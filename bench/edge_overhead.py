@@ -27,8 +27,8 @@ import yaml
 from results import ResultsPage, add_results_arguments
 
 from tandem.defaults import bundle_path
-from tandem.demo import sample_inputs
 from tandem.edge.client import EdgeClient
+from tandem.emulate.inputs import sample_inputs
 from tandem.runtime.options import SessionConfig
 from tandem.runtime.seq2seq import Seq2Seq
 
@@ -63,7 +63,7 @@ def main() -> int:
             )
         )
         agent = subprocess.Popen(
-            [sys.executable, "-m", "tandem", "edge", "run", "--config", str(config)],
+            [sys.executable, "-m", "tandem.cli", "edge", "run", "--config", str(config)],
             stdout=subprocess.DEVNULL,
         )
         direct_ms, agent_ms, tokens, mismatches = [], [], 0, 0

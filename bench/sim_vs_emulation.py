@@ -85,7 +85,16 @@ def traces_dir(arg: str | None) -> Path:
 
 def measure_profile(out: Path, quick: bool, threads: int) -> Path:
     """This machine's profile of the shipped model at ``threads``, by the real ``tandem profile``."""
-    argv = [sys.executable, "-m", "tandem", "profile", "--out", str(out), "--threads", str(threads)]
+    argv = [
+        sys.executable,
+        "-m",
+        "tandem.cli",
+        "profile",
+        "--out",
+        str(out),
+        "--threads",
+        str(threads),
+    ]
     if quick:
         argv.append("--quick")
     done = subprocess.run(argv, capture_output=True, text=True, check=True)

@@ -51,7 +51,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tandem-simulation-") as tmp:
         out = Path(tmp)
         subprocess.run(
-            [sys.executable, "-m", "tandem", "sim", "run", "--traces", str(folder),
+            [sys.executable, "-m", "tandem.cli", "sim", "run", "--traces", str(folder),
              "--requests", str(args.requests), "--seed", str(args.seed), "--out", str(out),
              "--no-plots", "--policies", ",".join(POLICIES)],
             check=True, stdout=subprocess.DEVNULL,

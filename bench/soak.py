@@ -32,8 +32,8 @@ from _common import print_json_line, print_table
 from results import ResultsPage, add_results_arguments
 
 from tandem.defaults import bundle_path
-from tandem.demo import sample_inputs
 from tandem.edge.client import EdgeClient
+from tandem.emulate.inputs import sample_inputs
 from tandem.emulate.processes import CloudProcess, EdgeProcess, free_port
 from tandem.emulate.soak import RSS_GROWTH_TARGET, Sample, growth, sample
 from tandem.errors import TandemError

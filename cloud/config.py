@@ -111,7 +111,8 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    """Bearer tokens, one per device; see README.md ("The cloud decoder service") for the token file format."""
+    """Bearer tokens, one per device; the token file format is in ``docs/configuration.md``
+    ("Authentication and the loopback rule")."""
 
     tokens_file: str | None = None
     """YAML mapping device id -> token (or -> {token, models}); read when the server starts."""

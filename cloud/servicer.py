@@ -6,8 +6,9 @@ as ``DecodeEvent``s — ``TokenChunk``s (the first at once, then at most one per
 ``scheduler.stream_interval_ms``, each holding the tokens decoded since), then one
 ``DecodeFinal``, sent as soon as the sequence ends. Handoff is the same after two steps of
 its own: ``HandoffAccepted`` once the hidden states are checked, then a bounded wait for the
-device's prefix, which the job continues from. It never runs the model itself. Errors become statuses through ``tandem.rpc.STATUS_CODES``, the one
-table of both services, documented for clients in ``README.md ("The cloud decoder service")``.
+device's prefix, which the job continues from. It never runs the model itself. Errors become
+statuses through ``tandem.rpc.STATUS_CODES``, the one table of both services, documented for
+clients in ``docs/cloud-contract.md`` ("Status codes").
 """
 
 from __future__ import annotations

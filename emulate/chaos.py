@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from tandem.defaults import bundle_path
-from tandem.demo import sample_inputs
 from tandem.edge.client import EdgeClient
+from tandem.emulate.inputs import sample_inputs
 from tandem.emulate.processes import CloudProcess, EdgeProcess, free_port
 from tandem.emulate.relay import ShapingRelay
 from tandem.emulate.shaping import LinkState

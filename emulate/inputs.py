@@ -3,7 +3,7 @@
 The simulator's workload (``tandem.sim.workload``) draws each request as (language, source
 tokens, decoder steps) from the default model's data distribution; the emulator must send real
 text through the real agent. ``match_inputs`` samples texts from the same recipe (1-4 integers,
-log-uniform magnitudes: ``tandem.demo.sample_inputs``), measures each with the real model —
+log-uniform magnitudes: ``sample_inputs``, which the demo and the chaos scenario use too), measures each with the real model —
 source tokens by tokenizing, decoder steps by a local greedy decode — and gives every request
 a text with exactly its (language, source tokens, decoder steps), or the nearest one found
 within the sampling budget (counted in ``InputMatch.inexact``).
@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from tandem.demo import sample_inputs
+import numpy as np
+
 from tandem.runtime.seq2seq import Seq2Seq
 from tandem.sim.workload import Request
 
@@ -29,6 +30,18 @@ class InputMatch:
     """Decoder steps each text really takes on this model (EOS included)."""
     inexact: int
     """Requests whose text differs from the workload's (language, tokens, steps)."""
+
+
+def sample_inputs(n: int, languages: list[str], seed: int = 0) -> list[tuple[str, str | None]]:
+    """Inputs in the default model's domain: 1–4 integers, log-uniform magnitudes."""
+    rng = np.random.default_rng(seed)
+    inputs = []
+    for i in range(n):
+        count = int(rng.integers(1, 5))
+        numbers = [int(10 ** rng.uniform(0, 9)) for _ in range(count)]
+        target = languages[i % len(languages)] if languages else None
+        inputs.append((" ".join(str(x) for x in numbers), target))
+    return inputs
 
 
 def measure(model: Seq2Seq, text: str, lang: str) -> tuple[int, int]:

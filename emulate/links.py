@@ -89,7 +89,7 @@ class _InNamespace:
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it until it exits
         try:
             self.proc = subprocess.Popen(
-                [*self.prefix, sys.executable, "-m", "tandem", *argv],
+                [*self.prefix, sys.executable, "-m", "tandem.cli", *argv],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -54,7 +54,7 @@ class _Child:
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it until it exits
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tandem", *argv],
+                [sys.executable, "-m", "tandem.cli", *argv],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -71,7 +71,8 @@ SIM_POLICIES: tuple[str, ...] = (
 
 DEVICE_SPEED_FACTOR = 5.0
 """Default device-speed factor: a mid-range phone's CPU takes ~5x a server core's time per
-decoder step (rationale and sources in README.md ("Routing policy and trace-driven simulation"))."""
+decoder step (rationale and sources in ``docs/simulation.md``, "The simulated world (default
+scenario)")."""
 
 DEVICE_MAX_LOAD = 0.9
 """The simulated device never gives local decoding less than 10% of its CPU."""

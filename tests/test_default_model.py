@@ -14,7 +14,7 @@ from tandem.runtime.seq2seq import Seq2Seq
 
 def tandem(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tandem", *args], input=stdin, capture_output=True, timeout=600
+        [sys.executable, "-m", "tandem.cli", *args], input=stdin, capture_output=True, timeout=600
     )
 
 

@@ -38,7 +38,7 @@ def test_nothing_is_lost_duplicated_or_changed_under_chaos(tmp_path):
 
 def test_chaos_command_ends_with_one_json_line(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "tandem", "chaos", "--requests", "60", "--kills", "1",
+        [sys.executable, "-m", "tandem.cli", "chaos", "--requests", "60", "--kills", "1",
          "--partitions", "1", "--spikes", "1", "--seed", "5", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

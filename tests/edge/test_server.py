@@ -100,7 +100,7 @@ def test_stale_socket_is_replaced_but_a_live_one_is_not(tmp_path):
 def test_ask_command_talks_to_the_agent(served):
     agent, where = served
     out = subprocess.run(
-        [sys.executable, "-m", "tandem", "ask", "w10 w11 w12", "--target", "fr",
+        [sys.executable, "-m", "tandem.cli", "ask", "w10 w11 w12", "--target", "fr",
          "--agent", where["socket"]],
         capture_output=True, timeout=60,
     )  # fmt: skip
@@ -116,7 +116,7 @@ def test_edge_run_daemon_answers_and_exits_0_on_sigterm(tmp_path, text_bundle):
 
     sock = tmp_path / "daemon.sock"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tandem", "edge", "run", "--bundle", str(text_bundle),
+        [sys.executable, "-m", "tandem.cli", "edge", "run", "--bundle", str(text_bundle),
          "--socket", str(sock), "--cloud", "127.0.0.1:1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -181,7 +181,7 @@ def test_edge_run_refuses_a_hostile_socket_directory_with_one_line(tmp_path):
     hostile.mkdir()
     os.chmod(hostile, 0o777)
     out = subprocess.run(
-        [sys.executable, "-m", "tandem", "edge", "run", "--socket", str(hostile / "edge.sock"),
+        [sys.executable, "-m", "tandem.cli", "edge", "run", "--socket", str(hostile / "edge.sock"),
          "--cloud", "127.0.0.1:1"],
         capture_output=True, timeout=60,
     )  # fmt: skip

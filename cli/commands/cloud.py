@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     serve = cloud.add_parser("serve", help="serve model bundles over gRPC (tandem.v1.Decoder)")
     serve.add_argument(
-        "--config", default=None, help='cloud.yaml (see the README, "The cloud decoder service")'
+        "--config", default=None, help="cloud.yaml (every key: docs/configuration.md)"
     )
     serve.add_argument(
         "--bundle",

@@ -10,7 +10,7 @@ import yaml
 
 def tandem(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tandem", *args],
+        [sys.executable, "-m", "tandem.cli", *args],
         input=stdin,
         capture_output=True,
         timeout=300,
@@ -97,3 +97,22 @@ def test_export_and_profile_commands(hf_checkpoint, tmp_path):
     assert all(p["ms"] > 0 for p in data["encoder_ms"] + data["decoder_step_ms"])
     assert {p["batch"] for p in data["decoder_step_ms"]} == {1, 8}
     assert data["peak_rss_mb"] > 0
+
+
+def test_every_command_module_imports_and_is_listed():
+    """A command that cannot be imported is an error here, never a subcommand silently missing."""
+    import importlib
+    from pathlib import Path
+
+    from tandem import cli
+
+    on_disk = {
+        p.stem
+        for p in (Path(cli.__file__).parent / "commands").glob("*.py")
+        if p.stem != "__init__"
+    }
+    assert set(cli.COMMANDS) == on_disk
+    for name in cli.COMMANDS:
+        assert callable(importlib.import_module(f"tandem.cli.commands.{name}").register)
+    shown = cli.build_parser()._subparsers._group_actions[0].choices
+    assert list(shown) == list(cli.COMMANDS)

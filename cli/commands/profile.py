@@ -1,7 +1,7 @@
 """``tandem profile``: measure a bundle's costs on this machine into a profile YAML.
 
 The profile is what the routing policy and the simulator read; its format is documented in
-``tandem.runtime.profiler`` and the README.
+``tandem.runtime.profiler`` and in ``docs/bundle.md``.
 """
 
 from __future__ import annotations

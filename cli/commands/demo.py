@@ -1,4 +1,4 @@
-"""``tandem demo``: the main job (see ``tandem.demo``)."""
+"""``tandem demo``: the main job (see ``tandem.cli.demo``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tandem.demo import run_demo
+    from tandem.cli.demo import run_demo
 
     if args.requests < 3:
         from tandem.errors import ConfigError

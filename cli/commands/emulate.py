@@ -78,7 +78,7 @@ def emulated_scenario(args: argparse.Namespace):
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from tandem.commands.sim import read_policy_config
+    from tandem.cli.commands.sim import read_policy_config
     from tandem.defaults import bundle_path
     from tandem.emulate.inputs import match_inputs
     from tandem.emulate.links import choose_mode

@@ -1,9 +1,13 @@
 """The ``tandem`` command: one console script, one subcommand per job.
 
-Each subcommand lives in ``tandem.commands.<name>`` and exposes ``register(subparsers)``; this
-module only assembles them, so a broken optional dependency of one command (say, matplotlib for
-``sim``) never stops the others from starting. ``TandemError`` becomes a one-line message and
-exit status 2 — users see what is wrong, not a traceback.
+This package is the entry point layer (DESIGN.md): it may import every component, and nothing
+in ``tandem`` imports it. Each subcommand lives in ``tandem.cli.commands.<name>`` and exposes
+``register(subparsers)``; this module only assembles them. Every command module is imported
+unconditionally — a command missing from an install is a packaging bug, and hiding it would
+ship a ``tandem`` without subcommands. Command modules import their heavy or optional
+dependencies inside ``run``, so an absent extra (torch for ``export``) is a one-line
+``TandemError`` when that command is used, not a failure of the others. ``TandemError``
+becomes a one-line message and exit status 2 — users see what is wrong, not a traceback.
 """
 
 from __future__ import annotations
@@ -40,13 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"tandem.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("tandem.commands"):
-                continue  # command not part of this build
-            raise
-        module.register(sub)
+        importlib.import_module(f"tandem.cli.commands.{name}").register(sub)
     return parser
 
 
@@ -68,7 +66,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("edge", help="the edge agent daemon")
     edge_sub = p.add_subparsers(dest="edge_command", metavar="COMMAND", required=True)
     run_p = edge_sub.add_parser("run", help="run the agent until SIGTERM/SIGINT")
-    run_p.add_argument("--config", default=None, help="edge.yaml (validated; see README)")
+    run_p.add_argument(
+        "--config", default=None, help="edge.yaml (validated; every key: docs/configuration.md)"
+    )
     run_p.add_argument("--socket", default=None, help="override: Unix socket of the local API")
     run_p.add_argument("--tcp", default=None, help="override: loopback host:port of the local API")
     run_p.add_argument("--cloud", default=None, help="override: cloud address(es), comma-separated")

@@ -17,13 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from tandem.defaults import bundle_path
 from tandem.edge.agent import Agent
 from tandem.edge.client import EdgeClient
 from tandem.edge.config import BreakerSettings, CloudSettings, EdgeConfig, validate
 from tandem.edge.server import create_edge_server
+from tandem.emulate.inputs import sample_inputs
 from tandem.emulate.processes import CloudProcess, free_port
 from tandem.errors import TandemError
 from tandem.policy import EstimatorConfig, PolicyConfig
@@ -31,8 +30,8 @@ from tandem.runtime.seq2seq import Seq2Seq
 from tandem.sim.runner import DEVICE_SPEED_FACTOR
 
 #: The demo's device is priced as this many times slower than the server it runs on: the
-#: simulator's default scenario (a mid-range phone CPU against a server core; the README's
-#: "Routing policy and trace-driven simulation" gives the rationale).
+#: simulator's default scenario (a mid-range phone CPU against a server core;
+#: ``docs/simulation.md``, "The simulated world (default scenario)", gives the rationale).
 DEMO_DEVICE_SPEED_FACTOR = DEVICE_SPEED_FACTOR
 
 
@@ -73,18 +72,6 @@ class DemoSummary:
             "mismatches": self.mismatches,
             "cloud_kills": self.cloud_kills,
         }
-
-
-def sample_inputs(n: int, languages: list[str], seed: int = 0) -> list[tuple[str, str | None]]:
-    """Inputs in the default model's domain: 1–4 integers, log-uniform magnitudes."""
-    rng = np.random.default_rng(seed)
-    inputs = []
-    for i in range(n):
-        count = int(rng.integers(1, 5))
-        numbers = [int(10 ** rng.uniform(0, 9)) for _ in range(count)]
-        target = languages[i % len(languages)] if languages else None
-        inputs.append((" ".join(str(x) for x in numbers), target))
-    return inputs
 
 
 def run_demo(
@@ -226,4 +213,4 @@ def _ask(client: EdgeClient, reference: Seq2Seq, record: DemoRecord, killer) -> 
         killer.on_piece()
 
 
-__all__ = ["DemoRecord", "DemoSummary", "run_demo", "sample_inputs"]
+__all__ = ["DemoRecord", "DemoSummary", "run_demo"]

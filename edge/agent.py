@@ -193,9 +193,9 @@ class Agent:
                             rid, ids, hidden, params, decision, outcome, request
                         )
                     elif decision.route is Route.HANDOFF:
-                        # An older replica without Handoff: the nearest race Decode offers is
-                        # a hedge at 0 (both at once, the first complete answer wins).
-                        decision = dataclasses.replace(decision, hedge_deadline_ms=0.0)
+                        # An older replica without Handoff: a CLOUD call with the decision's
+                        # hedge. (A hedge at 0 would race the same way, but would teach the
+                        # knowledge a late call on every request.)
                         yield from self._cloud(rid, ids, hidden, params, decision, outcome, request)
                     else:
                         yield from self._cloud(rid, ids, hidden, params, decision, outcome, request)
@@ -383,7 +383,7 @@ class Agent:
         if isinstance(error, HandoffUnsupported):
             # An older replica, not a failing one: no breaker failure, no lost call.
             if self._handoff_supported:
-                log.warning("the cloud has no Handoff; HANDOFF races Decode instead")
+                log.warning("the cloud has no Handoff; HANDOFF goes by Decode instead")
             self._handoff_supported = False
             return
         if isinstance(error, CloudViolation):  # the replica broke the contract: its fault

@@ -25,7 +25,8 @@ only that, measured first:
   simulator's link and routing are the ones with cloud traffic. The agent and the simulator
   both get the calibrated profiles.
 
-``--quick``: 3 traces x 2 policies, about 4 minutes. The last line is one JSON object with
+``--quick``: 3 traces x 2 policies (3 with ``handoff``, once the simulator plays it), about
+4 minutes. The last line is one JSON object with
 ``max_rel_err``. ``--trace``/``--policy`` pick rows (repeatable); ``--per-request`` prints
 each request's route, reason and latency on both sides, the quickest way to see why a row
 disagrees.
@@ -68,6 +69,11 @@ FULL_TRACES = QUICK_TRACES + (
 )
 QUICK_POLICIES = ("always_cloud", "cost_model")
 FULL_POLICIES = ("always_local", "always_cloud", "threshold", "cost_model")
+HANDOFF = "handoff"
+"""Issue 18's policy. The agent runs HANDOFF for real (``Decoder.Handoff``); its rows join
+both sets by themselves once the policy and the simulator play it too
+(``tandem.emulate.runner.EMU_POLICIES``, which follows the simulator's policies). Until then
+there is no ``handoff`` policy to compare, and no row."""
 
 
 def traces_dir(arg: str | None) -> Path:
@@ -190,7 +196,7 @@ def main() -> int:
     from tandem.edge.config import default_intra_op_threads
     from tandem.emulate.inputs import match_inputs
     from tandem.emulate.links import choose_mode
-    from tandem.emulate.runner import run_emulation
+    from tandem.emulate.runner import EMU_POLICIES, run_emulation
     from tandem.policy import PolicyConfig
     from tandem.runtime.seq2seq import Seq2Seq
     from tandem.sim.profiles import load_profile
@@ -200,6 +206,8 @@ def main() -> int:
     folder = traces_dir(args.traces)
     names = args.trace or (QUICK_TRACES if args.quick else FULL_TRACES)
     policies = args.policy or (QUICK_POLICIES if args.quick else FULL_POLICIES)
+    if not args.policy and HANDOFF in EMU_POLICIES:
+        policies = (*policies, HANDOFF)
     n = args.requests or (25 if args.quick else 60)
     started = time.monotonic()
     mode, why, caps = choose_mode(args.mode)

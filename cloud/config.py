@@ -95,11 +95,17 @@ class LimitsConfig:
     running limits, so they cannot starve complete ones."""
     max_health_calls: int = 32
     """Health checks and Watch streams served at once, on threads Decode cannot take."""
+    handoff_prefix_timeout_s: float = 2.0
+    """A Handoff call must send its prefix this long after the replica acknowledged its hidden
+    states (bounded by the call's deadline), or it is cancelled: a device answers the ack at
+    once, so the wait is one round trip; one that never does holds its client's stream slot
+    (not a batch slot) no longer than this."""
 
     def __post_init__(self) -> None:
         bound(self, "max_new_tokens", "deadline_margin_ms", ge=0)
         bound(self, "max_streams_per_client", ge=1)
         bound(self, "default_deadline_s", "first_message_timeout_s", gt=0)
+        bound(self, "handoff_prefix_timeout_s", gt=0)
         bound(self, "max_waiting_calls", "max_health_calls", ge=1)
 
 

@@ -28,6 +28,7 @@ iteration's cache-init and prefill runs), ``step`` (an iteration's batched decod
 ``emit`` (an iteration's scheduler bookkeeping: plan, record, updates handed to streams) and
 ``send`` (one token or final message inside gRPC's write). Engine stages are observed once
 per iteration, the others once per request or message."""
+_TOKEN_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _SECONDS_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
@@ -121,6 +122,22 @@ class Metrics:
             "Calls answered before they got a thread (tandem.admission): no or unknown token, "
             "a full lane, or no request message in time (CANCELLED), by lane and code.",
             ["lane", "code"],
+            registry=r,
+        )
+        self.handoff_prefix_tokens = Histogram(
+            "tandem_cloud_handoff_prefix_tokens",
+            "Tokens a Handoff's device already had when its upload landed: the replica "
+            "continued after them instead of decoding them again.",
+            ["model"],
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.handoff_prefix_wait = Histogram(
+            "tandem_cloud_handoff_prefix_wait_seconds",
+            "Time from a Handoff's acknowledgement to its device's prefix (about one round "
+            "trip), whenever the next message or the end of the client's stream came.",
+            ["model"],
+            buckets=_SECONDS_BUCKETS,
             registry=r,
         )
         self.draining = Gauge(

@@ -58,13 +58,19 @@ _DRAIN_SLACK_S = 0.5
 """After the grace period, how long the drain waits for gRPC's own stop before forcing it:
 the process must exit within grace + 1 s whatever is still open."""
 DECODE_METHOD = f"/{DECODER_SERVICE}/Decode"
+HANDOFF_METHOD = f"/{DECODER_SERVICE}/Handoff"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
 def lane_of(method: str) -> str:
-    """Admission lane of a full method name: Decode, health, or everything else."""
+    """Admission lane of a full method name: Decode, Handoff, health, or everything else.
+
+    Handoff has a lane of its own: a call waiting for its device's prefix holds a thread (at
+    most ``limits.handoff_prefix_timeout_s``), and such calls must never take Decode's."""
     if method == DECODE_METHOD:
         return "decode"
+    if method == HANDOFF_METHOD:
+        return "handoff"
     if method.startswith(HEALTH_PREFIX):
         return "health"
     return "service"
@@ -239,6 +245,7 @@ def create_server(
         replica_id,
         config.limits.default_deadline_s,
         stream_interval_s=config.scheduler.stream_interval_ms / 1000.0,
+        handoff_prefix_timeout_s=config.limits.handoff_prefix_timeout_s,
     )
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,
@@ -273,6 +280,14 @@ def create_server(
                 retry_after_s=retry_after_s,
             ),
             Lane(
+                "handoff",
+                len(engines) * (sched.max_batch + sched.max_queue) + _DECODE_REFUSALS,
+                limits.max_waiting_calls,
+                limits.first_message_timeout_s,
+                retry_after_s=retry_after_s,
+                stream_first_message=True,
+            ),
+            Lane(
                 "service",
                 _SERVICE_CALLS,
                 limits.max_waiting_calls,
@@ -296,7 +311,11 @@ def create_server(
         server,
         decoder_pb2_grpc.add_DecoderServicer_to_server,
         servicer,
-        {"Decode": decoder_pb2.DecodeRequest, "ListModels": decoder_pb2.ListModelsRequest},
+        {
+            "Decode": decoder_pb2.DecodeRequest,
+            "Handoff": decoder_pb2.HandoffRequest,
+            "ListModels": decoder_pb2.ListModelsRequest,
+        },
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:

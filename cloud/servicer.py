@@ -4,15 +4,18 @@ A handler authenticates the caller, validates the request (``tandem.cloud.valida
 takes a per-client slot, submits the job to its model's engine and relays the engine's updates
 as ``DecodeEvent``s — ``TokenChunk``s (the first at once, then at most one per
 ``scheduler.stream_interval_ms``, each holding the tokens decoded since), then one
-``DecodeFinal``, sent as soon as the sequence ends. It never
-runs the model itself. Errors become statuses through ``tandem.rpc.STATUS_CODES``, the one
-table of both services, documented for clients in ``docs/cloud-contract.md`` ("Status codes").
+``DecodeFinal``, sent as soon as the sequence ends. Handoff is the same after two steps of
+its own: ``HandoffAccepted`` once the hidden states are checked, then a bounded wait for the
+device's prefix, which the job continues from. It never runs the model itself. Errors become
+statuses through ``tandem.rpc.STATUS_CODES``, the one table of both services, documented for
+clients in ``docs/cloud-contract.md`` ("Status codes").
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
@@ -20,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from tandem.admission import Watchdog
 from tandem.cloud.auth import Authenticator, Principal, tls_identity
 from tandem.cloud.engine import Engine, ModelFailure, Stream
 from tandem.cloud.limits import ClientLimiter
@@ -30,7 +34,9 @@ from tandem.cloud.validation import (
     ACCEPTED_COMPRESSIONS,
     ServedModel,
     find_model,
+    validate_handoff_start,
     validate_request,
+    with_prefix,
 )
 from tandem.errors import InputError, Overloaded
 from tandem.rpc import STATUS_CODES, Undecodable, status_code
@@ -56,6 +62,14 @@ wakes it at once through the RPC's termination callback)."""
 _Event = Update | ModelFailure | None
 """What a ``Stream`` carries (see ``Stream``)."""
 
+_HALF_CLOSED = object()
+"""A Handoff's request stream ended where a message was due."""
+
+
+def _outcome(request_id: str) -> dict:
+    """What a call's log line and metrics say about it, filled in as the call goes."""
+    return {"request_id": request_id, "model": None, "client": None, "reason": None, "tokens": 0}
+
 
 class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
     """tandem.v1.Decoder over the engines of the served model bundles (keyed by fingerprint)."""
@@ -71,6 +85,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         default_deadline_s: float,
         clock: Callable[[], float] = time.monotonic,
         stream_interval_s: float = 0.0,
+        handoff_prefix_timeout_s: float = 2.0,
     ) -> None:
         self._engines = dict(engines)
         self._served = dict(served)
@@ -82,6 +97,9 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         self._clock = clock
         self._stream_interval_s = stream_interval_s
         self._stage_timers: dict[str, dict] = {}
+        self._handoff_prefix_timeout_s = handoff_prefix_timeout_s
+        self._watchdog: Watchdog | None = None  # started by the first Handoff
+        self._watchdog_lock = threading.Lock()
 
     # -- Decode ------------------------------------------------------------------------------
 
@@ -89,25 +107,43 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         self, request: decoder_pb2.DecodeRequest, context: grpc.ServicerContext
     ) -> Iterator[decoder_pb2.DecodeEvent]:
         arrived = self._clock()
+        deadline = arrived + self._remaining_s(context)
+        request_id = "" if isinstance(request, Undecodable) else request.request_id[:128]
+        outcome = _outcome(request_id)
+        body = self._decode(request, context, deadline, arrived, outcome)
+        yield from self._serve("Decode", body, context, arrived, deadline, outcome)
+
+    def _remaining_s(self, context: grpc.ServicerContext) -> float:
         remaining = context.time_remaining()
         if remaining is None or remaining > _NO_DEADLINE_S:
             remaining = self._default_deadline_s
-        deadline = arrived + remaining
-        request_id = "" if isinstance(request, Undecodable) else request.request_id[:128]
-        outcome: dict = {"model": None, "client": None, "reason": None, "tokens": 0}
+        return remaining
+
+    def _serve(
+        self,
+        method: str,
+        body: Iterator,
+        context: grpc.ServicerContext,
+        arrived: float,
+        deadline: float,
+        outcome: dict,
+    ) -> Iterator:
+        """``body``'s events, then the call's one log line, its metrics and its status."""
+        what_ = method.lower()
         error: BaseException | None = None
         try:
-            yield from self._decode(request, context, deadline, arrived, outcome)
+            yield from body
         except GeneratorExit:  # gRPC closed the stream under us: the client went away
-            self._count("Decode", grpc.StatusCode.CANCELLED)
-            log.info("decode cancelled by client", extra={"request_id": request_id, **outcome})
+            self._count(method, grpc.StatusCode.CANCELLED)
+            log.info("%s cancelled by client", what_, extra=outcome)
             raise
         except Exception as exc:  # mapped below; the abort must happen outside this block
             error = exc
         model = outcome["model"] or "-"
-        self._metrics.request_seconds.labels(model).observe(self._clock() - arrived)
+        if method == "Decode":
+            self._metrics.request_seconds.labels(model).observe(self._clock() - arrived)
         fields = {
-            "request_id": request_id,
+            "request_id": outcome["request_id"],
             "client": outcome["client"],
             "model": model,
             "tokens": outcome["tokens"],
@@ -120,10 +156,10 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
                 code, what = grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
             else:
                 code, what = grpc.StatusCode.CANCELLED, "cancelled by client"
-            self._count("Decode", code)
-            log.info("decode %s", what, extra=fields)
+            self._count(method, code)
+            log.info("%s %s", what_, what, extra=fields)
             return
-        self._abort(context, "Decode", error, fields)
+        self._abort(context, method, error, fields)
 
     def _decode(
         self,
@@ -157,6 +193,114 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         finally:
             self._limiter.release(principal.client)
 
+    # -- Handoff -----------------------------------------------------------------------------
+
+    def Handoff(
+        self, requests: Iterator[decoder_pb2.HandoffRequest], context: grpc.ServicerContext
+    ) -> Iterator[decoder_pb2.HandoffEvent]:
+        arrived = self._clock()
+        deadline = arrived + self._remaining_s(context)
+        outcome = _outcome("")
+        body = self._handoff(requests, context, deadline, outcome)
+        yield from self._serve("Handoff", body, context, arrived, deadline, outcome)
+
+    def _handoff(
+        self,
+        requests: Iterator[decoder_pb2.HandoffRequest],
+        context: grpc.ServicerContext,
+        deadline: float,
+        outcome: dict,
+    ) -> Iterator[decoder_pb2.HandoffEvent]:
+        """``start`` -> checks -> ``accepted`` -> the device's prefix -> Decode's stream.
+
+        Admission delivered ``start`` in time (``Lane.stream_first_message``); the prefix is
+        waited for here, at most ``handoff_prefix_timeout_s``. The cloud never decodes what
+        the device already has: the job joins the batch with the prefix forced."""
+        first = next(requests, None)
+        if first is None:
+            return  # the call ended before its first message (admission answered it)
+        if isinstance(first, Undecodable):
+            raise InputError(first.describe())
+        if first.WhichOneof("message") != "start":
+            raise InputError(
+                f"the first Handoff message must be start, got {first.WhichOneof('message')}"
+            )
+        request = first.start
+        outcome["request_id"] = request.request_id[:128]
+        principal = self._authenticate(context)
+        outcome["client"] = principal.client
+        served = find_model(request.model_fingerprint, self._served, principal.models)
+        outcome["model"] = served.name
+        principal.check_model(served.fingerprint)
+        began = time.perf_counter()
+        job = validate_handoff_start(request, self._served, time.perf_counter)
+        stages = self._stages(served.name)
+        stages["codec"].observe(job.codec_s)
+        stages["validate"].observe(time.perf_counter() - began - job.codec_s)
+        engine = self._engines[served.fingerprint]
+        self._limiter.acquire(principal.client)
+        try:
+            context.send_initial_metadata(((REPLICA_KEY, self._replica_id),))
+            yield decoder_pb2.HandoffEvent(accepted=decoder_pb2.HandoffAccepted())
+            accepted = self._clock()
+            message = self._prefix_message(requests, context, deadline, outcome)
+            if message is None:
+                return  # cancelled: by the client, or for want of a prefix in time
+            arrived = self._clock()
+            self._metrics.handoff_prefix_wait.labels(served.name).observe(arrived - accepted)
+            if isinstance(message, Undecodable):
+                raise InputError(message.describe())
+            if message is _HALF_CLOSED:
+                raise InputError("the client half-closed the Handoff without a prefix message")
+            if message.WhichOneof("message") != "prefix":
+                raise InputError(
+                    "the second Handoff message must be prefix, got "
+                    f"{message.WhichOneof('message')}"
+                )
+            job = with_prefix(job, message.prefix.ids)
+            self._metrics.handoff_prefix_tokens.labels(served.name).observe(job.start)
+            stream = engine.submit(job, arrived, deadline)
+            if not context.add_callback(lambda: engine.cancel(stream)):
+                engine.cancel(stream)
+            yield from self._relay(
+                stream, engine, context, served, outcome, stages["send"], decoder_pb2.HandoffEvent
+            )
+        finally:
+            self._limiter.release(principal.client)
+
+    def _prefix_message(
+        self,
+        requests: Iterator[decoder_pb2.HandoffRequest],
+        context: grpc.ServicerContext,
+        deadline: float,
+        outcome: dict,
+    ):
+        """The call's next message, ``_HALF_CLOSED``, or None when the call was cancelled — by
+        its client, or here, once ``handoff_prefix_timeout_s`` (or the deadline) passed."""
+        with self._watchdog_lock:
+            if self._watchdog is None:
+                self._watchdog = Watchdog(self._clock)
+        wait_s = max(0.0, min(self._handoff_prefix_timeout_s, deadline - self._clock()))
+        timed_out = threading.Event()
+
+        def too_slow() -> None:
+            timed_out.set()
+            context.cancel()
+
+        alarm = self._watchdog.after(wait_s, too_slow)
+        try:
+            message = next(requests, _HALF_CLOSED)
+        except grpc.RpcError:
+            message = None
+        finally:
+            alarm.cancel()
+        if timed_out.is_set() or (message is _HALF_CLOSED and not context.is_active()):
+            # A cancelled call's request stream simply ends: that is no half-close.
+            if timed_out.is_set():
+                log.info("handoff prefix timeout", extra={**outcome, "s": round(wait_s, 3)})
+            return None
+        return message
+
     def _relay(
         self,
         stream: Stream,
@@ -165,8 +309,10 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         served: ServedModel,
         outcome: dict,
         send: Any,
-    ) -> Iterator[decoder_pb2.DecodeEvent]:
-        """Engine updates -> DecodeEvents, as they come; returns when the stream ends.
+        event_type: type = decoder_pb2.DecodeEvent,
+    ) -> Iterator:
+        """Engine updates -> ``event_type`` messages (DecodeEvent, HandoffEvent: both carry
+        ``tokens`` and ``final``), as they come; returns when the stream ends.
 
         ``send`` (the stage histogram) times each ``yield``: gRPC serializes and writes the
         message before it asks for the next one."""
@@ -201,16 +347,14 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
                 outcome["tokens"] += len(item.tokens)
                 self._metrics.tokens.labels(served.name).inc(len(item.tokens))
                 sending = time.perf_counter()
-                yield decoder_pb2.DecodeEvent(
-                    tokens=decoder_pb2.TokenChunk(start=item.start, ids=item.tokens)
-                )
+                yield event_type(tokens=decoder_pb2.TokenChunk(start=item.start, ids=item.tokens))
                 send.observe(time.perf_counter() - sending)
                 last_sent = self._clock()
             if item.finish is not None:
                 outcome["reason"] = item.finish
                 self._metrics.finishes.labels(served.name, item.finish).inc()
                 sending = time.perf_counter()
-                yield decoder_pb2.DecodeEvent(
+                yield event_type(
                     final=decoder_pb2.DecodeFinal(
                         reason=finish_to_proto(item.finish),
                         queue_ms=item.queue_ms,

@@ -14,7 +14,7 @@ the request, and ``tandem.wire.decode_tensor`` bounds it by the model's limits.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -187,20 +187,7 @@ def _params(request: decoder_pb2.DecodeRequest, model: ServedModel) -> Generatio
     eos_given = None
     if p.HasField("eos_token_id"):
         eos = eos_given = _token(p.eos_token_id, "params.eos_token_id", vocab)
-    prefix = tuple(request.prefix)
-    if len(prefix) > max_new:
-        raise InputError(f"prefix has {len(prefix)} tokens, more than max_new_tokens {max_new}")
-    for i, token in enumerate(prefix):
-        _token(token, f"prefix[{i}]", vocab)
-        if token == eos:
-            raise InputError(
-                f"prefix[{i}] is the EOS token {eos}; a finished sequence cannot continue"
-            )
-    if prefix and forced is not None and prefix[0] != forced:
-        raise InputError(
-            f"prefix[0] = {prefix[0]} but the forced first token is {forced}; a resumed "
-            "request must start with the token the first attempt was forced to"
-        )
+    prefix = _prefix(request.prefix, "prefix", max_new, eos, forced, vocab)
     return GenerationParams(
         max_new_tokens=max_new,
         min_new_tokens=p.min_new_tokens,
@@ -208,6 +195,58 @@ def _params(request: decoder_pb2.DecodeRequest, model: ServedModel) -> Generatio
         eos_token_id=eos_given,
         prefix=prefix,
     )
+
+
+def validate_handoff_start(
+    request: decoder_pb2.DecodeRequest,
+    served: Mapping[str, ServedModel],
+    clock: Callable[[], float] | None = None,
+) -> Job:
+    """The first message of a Handoff: a DecodeRequest as Decode checks it, without a prefix
+    (the prefix travels in the call's second message, ``with_prefix``)."""
+    if request.prefix:
+        raise InputError(
+            f"start.prefix has {len(request.prefix)} tokens; a Handoff's prefix travels in "
+            "its prefix message, after the acknowledgement"
+        )
+    return validate_request(request, served, clock)
+
+
+def with_prefix(job: Job, ids: Sequence[int], name: str = "prefix.ids") -> Job:
+    """``job`` (validated without a prefix) continued after ``ids``, checked by the rules of
+    ``DecodeRequest.prefix``; the tokens the device has are neither recomputed nor streamed."""
+    params = job.params
+    manifest = job.model.manifest
+    eos = params.eos_token_id if params.eos_token_id is not None else manifest.tokens.eos
+    prefix = _prefix(
+        ids, name, params.max_new_tokens, eos, params.forced_first_token, manifest.dims.vocab_size
+    )
+    if not prefix:
+        return job  # as Decode without a prefix: the forced first token (if any) is streamed
+    job = replace(job, params=replace(params, prefix=prefix), start=len(prefix), lead=())
+    if not job.complete:
+        job.params.validate(manifest)
+    return job
+
+
+def _prefix(
+    ids: Sequence[int], name: str, max_new: int, eos: int, forced: int | None, vocab: int
+) -> tuple[int, ...]:
+    prefix = tuple(ids)
+    if len(prefix) > max_new:
+        raise InputError(f"{name} has {len(prefix)} tokens, more than max_new_tokens {max_new}")
+    for i, token in enumerate(prefix):
+        _token(token, f"{name}[{i}]", vocab)
+        if token == eos:
+            raise InputError(
+                f"{name}[{i}] is the EOS token {eos}; a finished sequence cannot continue"
+            )
+    if prefix and forced is not None and prefix[0] != forced:
+        raise InputError(
+            f"{name}[0] = {prefix[0]} but the forced first token is {forced}; a resumed "
+            "request must start with the token the first attempt was forced to"
+        )
+    return prefix
 
 
 def _token(token: int, name: str, vocab: int) -> int:

@@ -1,12 +1,13 @@
 """The edge agent's request pipeline: tokenize → encode → observe → decide → route, never lost.
 
-For each request the encoder runs here; the policy picks LOCAL or CLOUD from what the agent
-knows (``tandem.policy.knowledge``: the estimators fed by the probes and by past calls, the
-length model); CLOUD races the decoder service's stream against local decoding
-(``tandem.edge.race``). Whatever happens to the cloud — never reachable, too slow to give a
-first token (hedge), cut mid-stream, wrong model — the request is finished locally, from the
-tokens already received (prefix forcing), so the app always gets the same answer an all-local
-greedy decode would give.
+For each request the encoder runs here; the policy picks LOCAL, CLOUD or HANDOFF from what
+the agent knows (``tandem.policy.knowledge``: the estimators fed by the probes and by past
+calls, the length model); CLOUD races the decoder service's stream against local decoding
+(``tandem.edge.race``); HANDOFF decodes locally at once while the cloud continues from the
+device's progress, and keeps whichever stream is ahead (``HandoffRace``). Whatever happens to
+the cloud — never reachable, too slow to give a first token (hedge), cut mid-stream, wrong
+model — the request is finished locally, from the tokens already received (prefix forcing),
+so the app always gets the same answer an all-local greedy decode would give.
 
 ``Agent.generate`` is a generator of ``Piece`` and, last, ``Outcome``: the gRPC servicer and
 the Python API stream from it. Closing the generator (the app went away) cancels whatever is
@@ -29,11 +30,11 @@ import numpy as np
 from tandem import wire
 from tandem.defaults import PROFILES_DIR, bundle_path
 from tandem.edge.breaker import BreakerConfig, BreakerState, CircuitBreaker
-from tandem.edge.cloud_client import CloudClient, CloudOutcome
+from tandem.edge.cloud_client import CloudClient, CloudOutcome, HandoffUnsupported
 from tandem.edge.config import EdgeConfig
 from tandem.edge.metrics import EdgeMetrics
 from tandem.edge.probes import DeviceLoadProbe, ping_on_beat
-from tandem.edge.race import LocalDecode, Piece, Race, SentCall
+from tandem.edge.race import HandoffRace, LocalDecode, Piece, Race, SentCall
 from tandem.edge.stream_check import StreamLimits
 from tandem.errors import CloudDeadline, CloudError, CloudViolation, InputError
 from tandem.policy import Decision, Observations, Profile, Route, decide
@@ -46,6 +47,9 @@ from tandem.yamlfile import read_yaml
 log = logging.getLogger(__name__)
 
 __all__ = ["Agent", "Outcome", "Piece", "Request"]
+
+RULED_LOCAL = frozenset({"local_only", "offline", "breaker_open", "byte_budget"})
+"""Decision reasons ``cloud.force_route`` never overrides: rules, not preferences."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,8 @@ class Outcome:
     reason: str
     """The policy's reason for its decision."""
     decision: str
-    """What the policy decided (``local``/``cloud``); differs from route after a fallback."""
+    """What the policy decided (``local``/``cloud``/``handoff``); differs from route after a
+    fallback, and a HANDOFF's route says which side finished the answer."""
     fallbacks: list[str] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
     text: str = ""
@@ -120,6 +125,8 @@ class Agent:
             )
         )
         self.cloud: CloudClient | None = None
+        self._handoff_supported = True
+        """False once a replica answered a Handoff with UNIMPLEMENTED."""
         if config.cloud.enabled:
             # Every cloud stream is checked against this bundle (edge/stream_check.py).
             self.cloud = CloudClient(
@@ -178,9 +185,20 @@ class Agent:
                 "decision",
                 extra={"request_id": rid, "route": decision.route.value, "reason": decision.reason},
             )
-            if decision.route is Route.CLOUD and self.cloud is not None and not request.local_only:
+            remote = decision.route in (Route.CLOUD, Route.HANDOFF)
+            if remote and self.cloud is not None and not request.local_only:
                 if self.breaker.allow(self.clock()):
-                    yield from self._cloud(rid, ids, hidden, params, decision, outcome, request)
+                    if decision.route is Route.HANDOFF and self._handoff_supported:
+                        yield from self._handoff(
+                            rid, ids, hidden, params, decision, outcome, request
+                        )
+                    elif decision.route is Route.HANDOFF:
+                        # An older replica without Handoff: a CLOUD call with the decision's
+                        # hedge. (A hedge at 0 would race the same way, but would teach the
+                        # knowledge a late call on every request.)
+                        yield from self._cloud(rid, ids, hidden, params, decision, outcome, request)
+                    else:
+                        yield from self._cloud(rid, ids, hidden, params, decision, outcome, request)
                 else:
                     outcome.fallbacks.append("breaker_open")
                     yield from self._local(hidden, params, outcome)
@@ -226,6 +244,11 @@ class Agent:
             decision = decide(
                 obs, self.device_profile, self.cloud_profile, self.policy, k.policy_state
             )
+            forced = self.config.cloud.force_route
+            if forced is not None and decision.reason not in RULED_LOCAL:
+                decision = dataclasses.replace(
+                    decision, route=Route(forced), reason=f"forced_{forced}"
+                )
             k.decided(decision)
         return decision
 
@@ -272,6 +295,37 @@ class Agent:
         outcome.fallbacks.extend(result.fallbacks)
         outcome.first_token_ms, outcome.upload_ms = result.first_token_ms, result.upload_ms
 
+    def _handoff(self, rid, ids, hidden, params, decision, outcome, request) -> Iterator[Piece]:
+        """HANDOFF: local decoding at once, the upload in parallel, the cloud continuing from
+        the device's progress (``tandem.edge.race.HandoffRace``)."""
+        enc = codec_mod.encode(hidden, self.codec, self.compression)
+        message = wire.build_decode_request(
+            request_id=rid,
+            model_fingerprint=self.model.fingerprint,
+            hidden_states=enc,
+            source_length=len(ids),
+            max_new_tokens=params.max_new_tokens,
+            forced_first_token=params.forced_first_token,
+        )
+        call = self.cloud.handoff(message, self._deadline_s(decision, request))
+        sent = SentCall(call, rid, self.clock(), message.ByteSize())
+        settings = self.config.cloud
+        hedge_ms = decision.hedge_deadline_ms
+        race = HandoffRace(
+            sent,
+            params,
+            self,
+            self.metrics,
+            ack_timeout_s=settings.first_token_timeout_s if hedge_ms is None else hedge_ms / 1000,
+            stall_s=settings.handoff_stall_s,
+            decode_locally=lambda p: LocalDecode(self.model, hidden, p, self.clock),
+            clock=self.clock,
+        )
+        result = yield from race.run()
+        outcome.route, outcome.ids, outcome.finish = result.route, result.ids, result.finish
+        outcome.fallbacks.extend(result.fallbacks)
+        outcome.first_token_ms, outcome.upload_ms = result.first_token_ms, result.upload_ms
+
     # -- what the agent learns (each at the agent's clock, into self.knowledge) -------------
 
     def _learn(self, event, *args, **kwargs):
@@ -306,7 +360,32 @@ class Agent:
         self.breaker.record_success(self.clock())
         return upload_ms
 
+    def handoff_done(
+        self, sent: SentCall, accepted_s: float | None, result: CloudOutcome | None
+    ) -> float:
+        """A Handoff ended well. What it teaches is a completed call's: the acknowledgement
+        is the first answer (upload + RTT, no decoding step before it), the final event the
+        queue report. Local decoding winning before the upload landed teaches nothing: the
+        call was not late, just not needed."""
+        if accepted_s is None:
+            return 0.0
+        final = result.final if result is not None else None
+        upload_ms = self._learn(
+            AgentKnowledge.call_done,
+            sent.nbytes,
+            (accepted_s - sent.sent_s) * 1000,
+            queue_ms=final.queue_ms if final is not None else None,
+        )
+        self.breaker.record_success(self.clock())
+        return upload_ms
+
     def call_failed(self, sent: SentCall, error: Exception) -> None:
+        if isinstance(error, HandoffUnsupported):
+            # An older replica, not a failing one: no breaker failure, no lost call.
+            if self._handoff_supported:
+                log.warning("the cloud has no Handoff; HANDOFF goes by Decode instead")
+            self._handoff_supported = False
+            return
         if isinstance(error, CloudViolation):  # the replica broke the contract: its fault
             self.metrics.violation(error.reason)
             log.warning(

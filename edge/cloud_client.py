@@ -11,6 +11,7 @@ Rules it keeps (DESIGN.md "Principles"):
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -239,6 +240,141 @@ class CloudCall:
         return CloudOutcome(tokens, final, ttft_s, self.attempts)
 
 
+class HandoffUnsupported(CloudError):
+    """The replica does not implement Decoder.Handoff (UNIMPLEMENTED): an older service. Not
+    a failure of the link or of the replica; the agent stops asking for handoffs."""
+
+
+class HandoffCall:
+    """One Decoder.Handoff: the upload, the device's prefix when it lands, the cloud's stream.
+
+    Never retried: local decoding runs from the start, so a failed attempt costs the request
+    nothing but the cloud's help. ``cancel()`` from any thread stops it.
+    """
+
+    def __init__(self, client: CloudClient, request: decoder_pb2.DecodeRequest, deadline_s: float):
+        self._client = client
+        self._request = request
+        self._deadline_s = deadline_s
+        self._lock = threading.Lock()
+        self._call = None
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.cancelled = False
+        self.attempts = 0
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            if self._call is not None:
+                self._call.cancel()
+        self._outbox.put(None)  # ends the request stream, whatever it waits for
+
+    def _requests(self):
+        yield decoder_pb2.HandoffRequest(start=self._request)
+        prefix = self._outbox.get()
+        if prefix is not None:
+            yield decoder_pb2.HandoffRequest(prefix=decoder_pb2.HandoffPrefix(ids=prefix))
+
+    def run(
+        self,
+        prefix_now: Callable[[], list[int]],
+        on_accepted: Callable[[list[int], float], None] | None = None,
+        on_tokens: Callable[[int, list[int]], None] | None = None,
+    ) -> CloudOutcome:
+        """Stream the call to its end.
+
+        On the acknowledgement, ``prefix_now()`` gives the tokens the device has at that
+        moment; they are sent at once and ``on_accepted(prefix, monotonic_s)`` is told. Then
+        ``on_tokens(start, ids)`` sees each checked chunk. The outcome's ``tokens`` follow the
+        prefix. Raises as ``CloudCall.run`` does (StreamBroken's tokens follow the prefix too),
+        HandoffUnsupported for a replica without the method, and CloudViolation (reason
+        ``handoff_order``) for tokens before the acknowledgement or a second one.
+        """
+        start = time.monotonic()
+        with self._lock:
+            if self.cancelled:
+                raise CloudUnavailable("cloud call cancelled")
+            self.attempts = 1
+            call = self._call = self._client.stub.Handoff(
+                self._requests(),
+                timeout=self._deadline_s,
+                metadata=self._client.metadata,
+                wait_for_ready=False,
+            )
+        tokens: list[int] = []
+        ttft_s: float | None = None
+        final = None
+        check: StreamCheck | None = None
+        prefix: list[int] = []
+        try:
+            for event in call:
+                kind = event.WhichOneof("event")
+                if kind == "accepted":
+                    if check is not None:
+                        raise _order_violation(call, self._client, "a second acknowledgement")
+                    prefix = list(prefix_now())
+                    self._outbox.put(prefix)
+                    check = StreamCheck(
+                        self._request, self._client.limits, _replica(call, self._client), prefix
+                    )
+                    if on_accepted is not None:
+                        on_accepted(prefix, time.monotonic())
+                elif check is None:
+                    raise _order_violation(call, self._client, f"{kind} before the acknowledgement")
+                elif kind == "tokens":
+                    expected = len(prefix) + len(tokens)
+                    chunk = check.chunk(event.tokens.start, list(event.tokens.ids))
+                    if ttft_s is None:
+                        ttft_s = time.monotonic() - start
+                    tokens.extend(chunk)
+                    if on_tokens is not None:
+                        on_tokens(expected, chunk)
+                elif kind == "final":
+                    final = event.final
+                    check.final(final)
+                    break
+        except CloudViolation as exc:
+            call.cancel()
+            if exc.tokens[len(tokens) :] and on_tokens is not None:
+                on_tokens(len(prefix) + len(tokens), exc.tokens[len(tokens) :])
+            raise
+        except grpc.RpcError as exc:
+            if self.cancelled:
+                raise CloudUnavailable("cloud call cancelled") from exc
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise HandoffUnsupported(f"the replica has no Handoff: {exc.details()}") from exc
+            if not tokens:
+                raise map_rpc_error(exc) from exc
+            raise StreamBroken(
+                f"cloud stream broke after {len(tokens)} tokens: {exc.code().name}", tokens
+            ) from exc
+        finally:
+            self._outbox.put(None)
+        call.cancel()  # nothing more to read; release the stream promptly
+        if final is None:
+            if self.cancelled:
+                raise CloudUnavailable("cloud call cancelled")
+            raise StreamBroken(
+                f"cloud stream ended without a final event after {len(tokens)} tokens", tokens
+            )
+        if final.reason in UNFINISHED:
+            reason = decoder_pb2.FinishReason.Name(final.reason).removeprefix("FINISH_REASON_")
+            raise StreamBroken(
+                f"cloud stopped early ({reason.lower()}) after {len(tokens)} tokens", tokens
+            )
+        return CloudOutcome(tokens, final, ttft_s, self.attempts)
+
+
+def _order_violation(call, client: CloudClient, what: str) -> CloudViolation:
+    replica = _replica(call, client)
+    return CloudViolation(
+        f"cloud stream from {replica} broke the contract (handoff_order: {what})",
+        [],
+        reason="handoff_order",
+        replica=replica,
+    )
+
+
 class CloudClient:
     """One long-lived channel to the cloud replicas, shared by all requests."""
 
@@ -285,6 +421,9 @@ class CloudClient:
 
     def call(self, request: decoder_pb2.DecodeRequest, deadline_s: float) -> CloudCall:
         return CloudCall(self, request, deadline_s)
+
+    def handoff(self, request: decoder_pb2.DecodeRequest, deadline_s: float) -> HandoffCall:
+        return HandoffCall(self, request, deadline_s)
 
     def connected(self) -> bool:
         """Whether the channel is READY right now, without waiting (a connectivity hint)."""

@@ -15,12 +15,25 @@ from typing import Any
 
 import psutil
 
-from tandem.config import ONE_OR_MANY, Address, FileMode, bound, build, merged, require, shown
+from tandem.config import (
+    ONE_OR_MANY,
+    Address,
+    FileMode,
+    bound,
+    build,
+    merged,
+    one_of,
+    require,
+    shown,
+)
 from tandem.errors import ConfigError
 from tandem.policy import PolicyConfig
 from tandem.runtime.codec import parse_codec_spec
 from tandem.runtime.options import SessionConfig
 from tandem.yamlfile import read_yaml
+
+FORCED_ROUTES = ("local", "cloud", "handoff")
+"""Values of ``cloud.force_route``: the names of ``tandem.policy.Route``."""
 
 
 def default_socket_path() -> str:
@@ -111,9 +124,20 @@ class CloudSettings:
     so pings leave on a fixed beat and never overlap (the simulator's probes, likewise).
     None: 1 s or ping_interval_s, whichever is shorter."""
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    handoff_stall_s: float = 0.5
+    """A HANDOFF drops the cloud when its stream makes no progress this long (its first token
+    may take the acknowledgement's time on top); local decoding then carries on, or resumes
+    at once from every token known if it had stopped."""
+    force_route: str | None = None
+    """Route every request this way (``local``, ``cloud`` or ``handoff``) instead of what the
+    policy picks, except where a rule forces LOCAL (local_only, offline, open breaker, byte
+    budget): for tests, chaos runs and demonstrations. None: the policy decides."""
 
     def __post_init__(self) -> None:
         bound(self, "deadline_s", "first_token_timeout_s", "keepalive_s", "backoff_max_s", gt=0)
+        bound(self, "handoff_stall_s", gt=0)
+        if self.force_route is not None:
+            one_of(self, "force_route", FORCED_ROUTES)
         bound(self, "backoff_initial_s", "ping_interval_s", ge=0)
         bound(self, "max_attempts", ge=1, le=10)
         require(bool(self.addresses), "addresses must be a non-empty list of host:port")

@@ -32,6 +32,12 @@ class EdgeMetrics:
             "Cloud streams that broke the contract (resumed locally), by what was wrong",
             ["reason"], registry=r,
         )  # fmt: skip
+        self.handoffs = Counter(
+            "tandem_edge_handoffs",
+            "HANDOFF requests by how they ended: cloud (the cloud overtook and finished), local "
+            "(local decoding finished first), or the reason the cloud was dropped",
+            ["outcome"], registry=r,
+        )  # fmt: skip
         self.rtt = Gauge("tandem_edge_rtt_ms", "Estimated RTT to the cloud (ms)", registry=r)
         self.uplink = Gauge("tandem_edge_uplink_bps", "Estimated uplink (bit/s)", registry=r)
         self.loss = Gauge("tandem_edge_loss_rate", "Recent failure rate of cloud calls", registry=r)
@@ -47,6 +53,10 @@ class EdgeMetrics:
     def violation(self, reason: str) -> None:
         self.violations.labels(reason=reason).inc()
         self.counts[f"violation:{reason}"] = self.counts.get(f"violation:{reason}", 0) + 1
+
+    def handoff(self, outcome: str) -> None:
+        self.handoffs.labels(outcome=outcome).inc()
+        self.counts[f"handoff:{outcome}"] = self.counts.get(f"handoff:{outcome}", 0) + 1
 
     def finished(self, outcome) -> None:
         self.requests.labels(route=outcome.route).inc()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from tandem import wire
-from tandem.edge.cloud_client import CloudCall, CloudOutcome
+from tandem.edge.cloud_client import CloudCall, CloudOutcome, HandoffUnsupported
 from tandem.edge.metrics import EdgeMetrics
 from tandem.errors import (
     CloudError,
@@ -63,6 +63,14 @@ class CloudFailed:
 
 
 @dataclass(frozen=True)
+class CloudAccepted:
+    """A Handoff's upload landed at ``at_s``; the cloud continues after ``prefix``."""
+
+    prefix: list[int]
+    at_s: float
+
+
+@dataclass(frozen=True)
 class LocalTokens:
     start: int
     ids: list[int]
@@ -79,7 +87,9 @@ class LocalFailed:
     error: Exception
 
 
-RaceEvent = CloudTokens | CloudDone | CloudFailed | LocalTokens | LocalDone | LocalFailed
+RaceEvent = (
+    CloudTokens | CloudDone | CloudFailed | CloudAccepted | LocalTokens | LocalDone | LocalFailed
+)
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,13 @@ class Learner(Protocol):
 
     def call_failed(self, sent: SentCall, error: Exception) -> None:
         """The call failed (not because we cancelled it)."""
+
+    def handoff_done(
+        self, sent: SentCall, accepted_s: float | None, result: CloudOutcome | None
+    ) -> float:
+        """A Handoff ended well: the cloud finished (``result``), or local decoding did first
+        (``result`` None; the upload landed at ``accepted_s``, or had not yet: None). Returns
+        the upload time in ms it implies (0 when unknown)."""
 
 
 @dataclass
@@ -158,6 +175,10 @@ class LocalRun:
         self._decode, self._events = decode, events
         threading.Thread(target=self._run, daemon=True).start()
 
+    def progress(self) -> list[int]:
+        """Every token generated so far (prefix included), from any thread: a snapshot."""
+        return list(self._decode.ids)
+
     def cancel(self) -> None:
         self._cancel.set()
 
@@ -174,6 +195,8 @@ class LocalRun:
 
 def failure_reason(error: Exception) -> str:
     """The fallback reason a failed call is counted and logged under."""
+    if isinstance(error, HandoffUnsupported):
+        return "handoff_unsupported"
     if isinstance(error, CloudViolation):
         return "cloud_violation"
     if isinstance(error, StreamBroken):
@@ -318,6 +341,231 @@ class Race:
 
     def _finish(self, route: str, ids: list[int], finish: str) -> Iterator[Piece]:
         """The winner's answer: stream whatever of it the app has not seen yet."""
+        self._result.route, self._result.ids, self._result.finish = route, ids, finish
+        emitted = self._emitted
+        if emitted != ids[: len(emitted)]:
+            log.warning("routes diverged", extra={"emitted": len(emitted), "tokens": len(ids)})
+        for index in range(len(emitted), len(ids)):
+            emitted.append(ids[index])
+            yield Piece(index, [ids[index]])
+
+
+class HandoffRace:
+    """One HANDOFF request: local decoding from the start, the cloud continuing from it.
+
+    Local decoding starts at once and the hidden states go up in parallel (Decoder.Handoff).
+    When the replica acknowledges them, the device's tokens at that moment are sent as the
+    prefix, so the cloud never decodes them again. The app gets each position once, from
+    whichever side has it first. As soon as the cloud's stream reaches past what the device
+    has decoded, local decoding stops (the device's energy is saved) and the cloud's stream is
+    the answer's source; if the cloud then breaks, violates the contract or stalls, local
+    decoding resumes at once from every token known (prefix forcing). Before that, a cloud
+    that is late (no acknowledgement by ``ack_timeout_s``) or stalls is simply dropped: local
+    decoding never stopped. Either way the answer is the one an all-local decode gives.
+
+    Stall: no cloud token ``stall_s`` after the last one; the first one may take the time the
+    acknowledgement took on top (the prefix's trip plus the replica's prefill).
+    """
+
+    def __init__(
+        self,
+        sent: SentCall,
+        params: GenerationParams,
+        learner: Learner,
+        metrics: EdgeMetrics,
+        *,
+        ack_timeout_s: float,
+        stall_s: float,
+        decode_locally: Callable[[GenerationParams], LocalDecode],
+        clock=time.monotonic,
+    ) -> None:
+        self._sent, self._params, self._decode_locally = sent, params, decode_locally
+        self._learner, self._metrics, self._clock = learner, metrics, clock
+        self._ack_timeout_s, self._stall_s = ack_timeout_s, stall_s
+        self._events: queue.Queue[RaceEvent] = queue.Queue()
+        self._local: LocalRun | None = None
+        self._cloud_alive = True
+        self._accepted_s: float | None = None
+        self._cloud_due_s: float | None = None
+        """When the cloud's next token is due (after the acknowledgement)."""
+        self._cloud_seq: list[int] = []
+        """The device's prefix sent and every cloud token after it, by position."""
+        self._switched = False
+        """Local decoding was stopped: the cloud's stream is the source."""
+        self._emitted: list[int] = []
+        self._result = RaceResult(route="local", ids=[], finish="length")
+
+    def run(self) -> Generator[Piece, None, RaceResult]:
+        self._start_local(self._params)
+        threading.Thread(target=self._run_cloud, daemon=True).start()
+        try:
+            while True:
+                try:
+                    event = self._events.get(timeout=self._wait_s())
+                except queue.Empty:
+                    if (yield from self._cloud_too_slow()):
+                        return self._result
+                    continue
+                if (yield from self._handle(event)):
+                    return self._result
+        finally:
+            if self._cloud_alive:
+                self._sent.call.cancel()
+            if self._local is not None:
+                self._local.cancel()
+
+    # -- the two sides -----------------------------------------------------------------------
+
+    def _run_cloud(self) -> None:
+        events = self._events
+        try:
+            result = self._sent.call.run(
+                self._progress,
+                on_accepted=lambda prefix, at_s: events.put(CloudAccepted(prefix, at_s)),
+                on_tokens=lambda start, ids: events.put(CloudTokens(start, ids)),
+            )
+            events.put(CloudDone(result))
+        except (CloudError, FingerprintMismatch) as exc:
+            events.put(CloudFailed(exc))
+        except Exception as exc:  # a bug in the client must not lose the request
+            log.exception("cloud client failed", extra={"request_id": self._sent.request_id})
+            events.put(CloudFailed(CloudUnavailable(f"cloud client error: {exc}")))
+
+    def _progress(self) -> list[int]:
+        """What the device has now (the cloud thread asks on the acknowledgement)."""
+        local = self._local
+        return local.progress() if local is not None else list(self._emitted)
+
+    def _start_local(self, params: GenerationParams) -> None:
+        self._local = LocalRun(self._decode_locally(params), self._events)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _wait_s(self) -> float | None:
+        if not self._cloud_alive:
+            return None
+        if self._accepted_s is None:
+            return max(0.0, self._sent.sent_s + self._ack_timeout_s - self._clock())
+        return max(0.0, self._cloud_due_s - self._clock())
+
+    def _handle(self, event: RaceEvent) -> Generator[Piece, None, bool]:
+        """Act on one event, streaming what it adds; returns True when the race is over."""
+        match event:
+            case LocalTokens(start, ids):
+                yield from self._known(start, ids)
+            case CloudAccepted(prefix, at_s):
+                self._accepted_s = at_s
+                # The first token needs the prefix's trip and a prefill: allow the time the
+                # acknowledgement took (upload + round trip, an upper bound) on top.
+                self._cloud_due_s = at_s + self._stall_s + (at_s - self._sent.sent_s)
+                self._cloud_seq = list(prefix)
+                yield from self._known(0, prefix)
+            case CloudTokens(start, ids):
+                if start == len(self._cloud_seq):
+                    self._cloud_seq.extend(ids)
+                self._cloud_due_s = self._clock() + self._stall_s
+                yield from self._known(0, self._cloud_seq[len(self._emitted) :], len(self._emitted))
+                self._maybe_switch()
+            case CloudDone(outcome):
+                self._cloud_alive = False
+                if self._local is not None:
+                    self._local.cancel()
+                self._result.upload_ms = self._learner.handoff_done(
+                    self._sent, self._accepted_s, outcome
+                )
+                self._metrics.handoff("cloud")
+                final = outcome.final
+                finish = wire.finish_from_proto(final.reason, "length") if final else "length"
+                ids = self._cloud_seq[: len(self._cloud_seq) - len(outcome.tokens)]
+                yield from self._finish("cloud", ids + outcome.tokens, finish)
+                return True
+            case CloudFailed(error):
+                return (yield from self._cloud_failed(error))
+            case LocalDone(ids, finish):
+                if self._cloud_alive:
+                    self._sent.call.cancel()
+                    self._cloud_alive = False
+                    self._result.upload_ms = self._learner.handoff_done(
+                        self._sent, self._accepted_s, None
+                    )
+                    self._metrics.handoff("local")
+                yield from self._finish("local", ids, finish)
+                return True
+            case LocalFailed(error):
+                raise error
+        return False
+
+    def _known(self, start: int, ids: list[int], offset: int = 0) -> Iterator[Piece]:
+        """Stream the positions of ``ids`` (``ids[0]`` at ``start + offset``) not yet sent."""
+        emitted = self._emitted
+        for i, token in enumerate(ids):
+            position = start + offset + i
+            if position == len(emitted):
+                if self._result.first_token_ms == 0.0:
+                    self._result.first_token_ms = (self._clock() - self._sent.sent_s) * 1000
+                emitted.append(token)
+                yield Piece(position, [token])
+            elif position < len(emitted) and emitted[position] != token:
+                log.warning(
+                    "routes diverged",
+                    extra={"request_id": self._sent.request_id, "position": position},
+                )
+
+    def _maybe_switch(self) -> None:
+        """The cloud is past what the device has: stop decoding locally."""
+        local = self._local
+        if self._switched or local is None or len(self._cloud_seq) <= len(local.progress()):
+            return
+        local.cancel()
+        self._local, self._switched = None, True
+        self._metrics.handoff("switched")
+        log.info(
+            "handoff switched to the cloud",
+            extra={"request_id": self._sent.request_id, "tokens": len(self._cloud_seq)},
+        )
+
+    def _cloud_too_slow(self) -> Generator[Piece, None, bool]:
+        """No acknowledgement in time (late) or no token in time (stalled): drop the cloud."""
+        self._sent.call.cancel()
+        self._cloud_alive = False
+        if self._accepted_s is None:
+            reason = "handoff_late"
+            self._learner.call_late(self._sent, abandoned=True)
+        else:
+            reason = "handoff_stalled"
+            self._learner.call_failed(self._sent, CloudUnavailable("the cloud stream stalled"))
+        log.warning("cloud dropped", extra={"request_id": self._sent.request_id, "reason": reason})
+        return (yield from self._back_to_local(reason))
+
+    def _cloud_failed(self, error: Exception) -> Generator[Piece, None, bool]:
+        self._cloud_alive = False
+        if self._sent.call.cancelled:
+            return False  # we cancelled it: nothing learnt
+        reason = failure_reason(error)
+        log.warning("cloud failed", extra={"reason": reason, "error": str(error)})
+        self._learner.call_failed(self._sent, error)
+        return (yield from self._back_to_local(reason))
+
+    def _back_to_local(self, reason: str) -> Generator[Piece, None, bool]:
+        """The cloud is gone: local decoding carries on, or resumes from every known token."""
+        self._result.fallbacks.append(reason)
+        self._metrics.fallback(reason)
+        self._metrics.handoff(reason)
+        if not self._switched:
+            return False  # local decoding never stopped
+        self._switched = False
+        prefix = list(self._emitted)
+        if len(prefix) >= self._params.max_new_tokens:
+            yield from self._finish("cloud", prefix, "length")
+            return True
+        log.info(
+            "fallback",
+            extra={"request_id": self._sent.request_id, "reason": reason, "tokens": len(prefix)},
+        )
+        self._start_local(replace(self._params, prefix=tuple(prefix)))
+        return False
+
+    def _finish(self, route: str, ids: list[int], finish: str) -> Iterator[Piece]:
         self._result.route, self._result.ids, self._result.finish = route, ids, finish
         emitted = self._emitted
         if emitted != ids[: len(emitted)]:

@@ -1,4 +1,4 @@
-"""StreamCheck: every message of a cloud Decode stream checked against the bundle and the request.
+"""StreamCheck: every message of a cloud Decode (or Handoff) stream checked against the bundle and the request.
 
 The edge trusts nothing that crosses the network (STYLE.md), the cloud's token stream
 included. A broken, malicious or mismatched replica could stream ids outside the vocabulary
@@ -17,6 +17,7 @@ Pure: no I/O, no clock; the cloud client feeds it each message as it arrives.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tandem.errors import CloudViolation
@@ -58,9 +59,13 @@ class StreamCheck:
         request: decoder_pb2.DecodeRequest,
         limits: StreamLimits | None,
         replica: str = "",
+        prefix: Sequence[int] | None = None,
     ) -> None:
+        """``prefix``: the tokens the stream continues from, when not ``request.prefix`` (a
+        Handoff sends its prefix after the request)."""
         params = request.params
-        self._prefix_len = len(request.prefix)
+        prefix = request.prefix if prefix is None else prefix
+        self._prefix_len = len(prefix)
         self._vocab = limits.vocab_size if limits is not None else None
         eos = limits.eos_token_id if limits is not None else None
         self._eos = params.eos_token_id if params.HasField("eos_token_id") else eos
@@ -68,7 +73,7 @@ class StreamCheck:
         self._min = params.min_new_tokens
         self._forced = (
             params.forced_first_token
-            if params.WhichOneof("first_token") == "forced_first_token" and not request.prefix
+            if params.WhichOneof("first_token") == "forced_first_token" and not prefix
             else None
         )
         self.replica = replica

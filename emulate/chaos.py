@@ -7,7 +7,9 @@ the edge agent (``tandem edge run``) are child processes; the agent reaches the 
 cloud is SIGKILLed (then restarted on the same port), the link is partitioned (100 % loss,
 bytes held) or its delay spikes. Every request is sent exactly once, and its stream is checked:
 exactly one final event, token indices contiguous from 0 (no repeat, no gap), and the output
-identical to a local reference decode of the same input.
+identical to a local reference decode of the same input. By default half the clients talk
+to a second agent that routes every request by HANDOFF (``ChaosConfig.handoff``), so the
+faults meet Decode and Handoff calls alike.
 
 The plan (``plan_faults``) and the verdicts (``check_stream``, ``summarize``) are pure; only
 ``run_chaos`` and its helpers touch processes, sockets and clocks.
@@ -78,6 +80,10 @@ class ChaosConfig:
     policy: str = "always_cloud"
     """The agent's policy: always_cloud sends every request it can to the cloud, so every
     fault meets requests in flight; offline or an open breaker still routes locally."""
+    handoff: bool = True
+    """Half the clients (the odd ones) talk to a second agent whose requests all go by
+    HANDOFF (``cloud.force_route: handoff``), so every fault also meets Handoff calls in
+    flight — mid-upload, waiting for a prefix, or after the switch to the cloud's stream."""
     codec: str = "int8+zstd"
     """Hidden-state codec on the wire (the agent's default)."""
     request_timeout_s: float = 60.0
@@ -226,6 +232,8 @@ class ChaosSummary:
     fallbacks: dict[str, int]
     wall_s: float
     seed: int
+    handoffs: int = 0
+    """Answers of requests routed HANDOFF (reason ``forced_handoff``)."""
     failures: tuple[str, ...] = ()
     """One line per bad request (index, what was wrong), for the report; at most 20."""
 
@@ -249,6 +257,7 @@ class ChaosSummary:
             "spikes": self.spikes,
             "routes": dict(sorted(self.routes.items())),
             "fallbacks": dict(sorted(self.fallbacks.items())),
+            "handoffs": self.handoffs,
             "wall_s": round(self.wall_s, 1),
             "seed": self.seed,
             "ok": self.ok,
@@ -274,6 +283,7 @@ def summarize(
         if record.finals:
             routes[record.finals[0].route] += 1
             fallbacks.update(record.finals[0].fallbacks)
+            counts["handoffs"] += record.finals[0].reason == "forced_handoff"
         bad = [n for n in ("lost", "duplicated", "gap", "mismatched") if getattr(verdict, n)]
         if bad and len(failures) < 20:
             failures.append(f"request {record.index}: {', '.join(bad)} {record.error}".strip())
@@ -291,6 +301,7 @@ def summarize(
         fallbacks=dict(fallbacks),
         wall_s=wall_s,
         seed=seed,
+        handoffs=counts["handoffs"],
         failures=tuple(failures),
     )
 
@@ -390,9 +401,12 @@ class _Injector:
             thread.join()
 
 
-def edge_yaml(cfg: ChaosConfig, bundle: Path, socket: Path, cloud_address: str) -> dict:
-    """The agent's configuration: reacts within about a second to a dead or silent cloud."""
-    return {
+def edge_yaml(
+    cfg: ChaosConfig, bundle: Path, socket: Path, cloud_address: str, handoff: bool = False
+) -> dict:
+    """The agent's configuration: reacts within about a second to a dead or silent cloud;
+    ``handoff``: every request it can send to the cloud goes by HANDOFF."""
+    config = {
         "bundle": str(bundle),
         "socket": str(socket),
         "max_concurrent": max(cfg.clients, 1),
@@ -408,6 +422,9 @@ def edge_yaml(cfg: ChaosConfig, bundle: Path, socket: Path, cloud_address: str) 
             "breaker": {"failure_threshold": 2, "reset_timeout_s": 1.0},
         },
     }
+    if handoff:
+        config["cloud"]["force_route"] = "handoff"
+    return config
 
 
 def _ask(
@@ -464,21 +481,32 @@ def run_chaos(
     cloud_port = free_port()
     cloud = CloudProcess(path, cloud_port, workdir / "cloud.log")
     relay = ShapingRelay(("127.0.0.1", cloud_port), state=LinkState(delay_ms=cfg.base_delay_ms))
-    edge: EdgeProcess | None = None
+    agents: list[EdgeProcess] = []
     records = [StreamRecord(i) for i in range(cfg.requests)]
     try:
         cloud.start()
         relay_port = relay.start()
-        sock = workdir / "edge.sock"
-        edge = EdgeProcess(edge_yaml(cfg, path, sock, f"127.0.0.1:{relay_port}"), workdir)
-        edge.start()
-        say(f"cloud pid {cloud.pid} on :{cloud_port}, relay :{relay_port}, agent pid {edge.pid}")
+        address = f"127.0.0.1:{relay_port}"
+        sockets = [workdir / "edge.sock"]
+        agents.append(EdgeProcess(edge_yaml(cfg, path, sockets[0], address), workdir))
+        if cfg.handoff and cfg.clients > 1:
+            (workdir / "handoff").mkdir(exist_ok=True)
+            sockets.append(workdir / "handoff" / "edge.sock")
+            config = edge_yaml(cfg, path, sockets[1], address, handoff=True)
+            agents.append(EdgeProcess(config, workdir / "handoff"))
+        for agent in agents:
+            agent.start()
+        say(
+            f"cloud pid {cloud.pid} on :{cloud_port}, relay :{relay_port}, agent pid "
+            + ", ".join(str(a.pid) for a in agents)
+            + (" (the second: every request by HANDOFF)" if len(agents) > 1 else "")
+        )
         injector = _Injector(faults, cloud, _Link(relay, cfg.base_delay_ms), say)
         next_index = iter(range(cfg.requests))
         lock = threading.Lock()
         t0 = time.monotonic()
 
-        def client_loop() -> None:
+        def client_loop(sock: Path) -> None:
             with EdgeClient(str(sock), timeout_s=cfg.request_timeout_s) as client:
                 while True:
                     with lock:
@@ -493,7 +521,10 @@ def run_chaos(
                     _ask(client, text, target, records[index], rid, fire)
                     fire()
 
-        threads = [threading.Thread(target=client_loop) for _ in range(cfg.clients)]
+        threads = [
+            threading.Thread(target=client_loop, args=(sockets[i % len(sockets)],))
+            for i in range(cfg.clients)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -504,8 +535,8 @@ def run_chaos(
             raise TandemError("fault injection failed: " + "; ".join(injector.errors))
         return summarize(records, expected, injector.fired, wall_s, cfg.seed)
     finally:
-        if edge is not None:
-            edge.stop()
+        for agent in agents:
+            agent.stop()
         relay.stop()
         cloud.stop()
 

@@ -18,7 +18,9 @@ method and the metadata, before the call gets a thread:
   call over ``max_running`` is RESOURCE_EXHAUSTED at once instead of a queue; a call over
   ``max_waiting`` evicts the oldest silent one. So half-open calls cannot starve complete
   ones (whose message comes with the headers), and a lane can never take another's threads:
-  Decode traffic, however hostile, leaves the health lane free.
+  Decode traffic, however hostile, leaves the health lane free. A lane with
+  ``stream_first_message`` holds request-streaming calls (Decoder.Handoff) to the same rules
+  until their first message.
 * ``end_streams(lane)`` ends the open non-blocking streams of a lane (Health.Watch), so a drain
   does not wait for watchers that never hang up.
 
@@ -64,6 +66,11 @@ class Lane:
     """Whether ``Admission.check`` must accept the call's metadata first."""
     retry_after_s: float = 0.1
     """Hint sent with RESOURCE_EXHAUSTED (trailing metadata ``retry-after-ms``)."""
+    stream_first_message: bool = False
+    """Request-streaming calls of this lane (Decoder.Handoff) wait for their first message
+    like unary ones — counted as waiting, evictable, cancelled after ``first_message_s`` —
+    and the handler gets the whole stream, that message first. Off, such calls run at once
+    (reflection, whose clients speak first anyway)."""
 
     @property
     def threads(self) -> int:
@@ -306,9 +313,10 @@ class Admission(grpc.ServerInterceptor):
             self._on_refused(ticket.state.lane.name, method, grpc.StatusCode.CANCELLED)
         context.cancel()
 
-    def _first(self, requests, context, ticket: _Ticket, method: str):
+    def _first(self, requests, context, ticket: _Ticket, method: str, unary: bool = True):
         """The call's request message, or None when the call ended (or was cancelled because
-        it took longer than ``first_message_s``). Aborts when the lane has no room to run."""
+        it took longer than ``first_message_s``). Aborts when the lane has no room to run.
+        ``unary``: the call must then half-close (a request stream goes on instead)."""
         lane = ticket.state.lane
 
         def too_slow() -> None:
@@ -327,7 +335,7 @@ class Admission(grpc.ServerInterceptor):
             request = next(requests, None)
             # A unary request is one message, then the client's half-close (which normally
             # comes with it): a call that sends more breaks the protocol.
-            extra = next(requests, None) if request is not None else None
+            extra = next(requests, None) if request is not None and unary else None
         except grpc.RpcError:  # cancelled: by the client, or by the alarm above
             return None
         finally:
@@ -339,7 +347,10 @@ class Admission(grpc.ServerInterceptor):
         if request is None:
             if context.is_active():
                 context.abort(
-                    status_code(InputError("")), f"{method} requires exactly one request message"
+                    status_code(InputError("")),
+                    f"{method} requires exactly one request message"
+                    if unary
+                    else f"{method} requires a first request message",
                 )
             return None
         if not ticket.run():
@@ -351,12 +362,17 @@ class Admission(grpc.ServerInterceptor):
         deserialize = handler.request_deserializer
         pool = state.pool
 
-        if handler.request_streaming:  # no first message to wait for (reflection)
+        if handler.request_streaming:
             inner = handler.stream_stream or handler.stream_unary
 
             def streaming(requests, context):
                 ticket = self._enter(context, state)
-                if not ticket.run():
+                if state.lane.stream_first_message:
+                    first = self._first(requests, context, ticket, method, unary=False)
+                    if first is None:
+                        return iter(()) if handler.response_streaming else None
+                    requests = itertools.chain((first,), requests)
+                elif not ticket.run():  # no first message to wait for (reflection)
                     self._abort_full(context, state.lane, method)
                 if handler.response_streaming:
                     return _released(inner(requests, context), ticket)

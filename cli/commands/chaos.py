@@ -21,6 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kills", type=int, default=3, help="cloud SIGKILLs (default 3)")
     p.add_argument("--partitions", type=int, default=3, help="link partitions (default 3)")
     p.add_argument("--spikes", type=int, default=4, help="latency spikes (default 4)")
+    p.add_argument(
+        "--no-handoff",
+        dest="handoff",
+        action="store_false",
+        help="one agent only; by default half the clients use a second agent whose requests "
+        "all go by HANDOFF",
+    )
     p.add_argument("--bundle", default=None, help="model bundle (default: shipped model)")
     p.add_argument("--out", default=None, help="directory for the daemons' logs and summary.json")
     p.set_defaults(func=run)
@@ -37,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         cloud_kills=args.kills,
         partitions=args.partitions,
         spikes=args.spikes,
+        handoff=args.handoff,
         bundle=args.bundle,
     )
     out = Path(args.out) if args.out else None
@@ -47,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"-- {s['answered']}/{s['requests']} answered in {s['wall_s']} s; lost {s['lost']}, "
         f"duplicated {s['duplicated']}, gaps {s['gaps']}, mismatched {s['mismatched']}; "
-        f"cloud killed {s['cloud_kills']}x, {s['partitions']} partitions, {s['spikes']} spikes"
+        f"cloud killed {s['cloud_kills']}x, {s['partitions']} partitions, {s['spikes']} spikes; "
+        f"{s['handoffs']} by HANDOFF"
     )
     if out is not None:
         (out / "summary.json").write_text(json.dumps(s, indent=2) + "\n", encoding="utf-8")

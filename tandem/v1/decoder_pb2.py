@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tandem/v1/decoder.proto\x12\ttandem.v1\"\xa4\x01\n\x06Tensor\x12\x1f\n\x05\x64type\x18\x01 \x01(\x0e\x32\x10.tandem.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x1f\n\x05\x63odec\x18\x03 \x01(\x0e\x32\x10.tandem.v1.Codec\x12\x0e\n\x06scales\x18\x04 \x01(\x0c\x12+\n\x0b\x63ompression\x18\x05 \x01(\x0e\x32\x16.tandem.v1.Compression\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\"\xb6\x01\n\x10GenerationParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x16\n\x0emin_new_tokens\x18\x02 \x01(\r\x12\x1c\n\x12\x66orced_first_token\x18\x03 \x01(\x03H\x00\x12\x19\n\x0ftarget_language\x18\x04 \x01(\tH\x00\x12\x19\n\x0c\x65os_token_id\x18\x05 \x01(\x03H\x01\x88\x01\x01\x42\r\n\x0b\x66irst_tokenB\x0f\n\r_eos_token_id\"\xbc\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12(\n\rhidden_states\x18\x03 \x01(\x0b\x32\x11.tandem.v1.Tensor\x12\x15\n\rsource_length\x18\x04 \x01(\r\x12+\n\x06params\x18\x05 \x01(\x0b\x32\x1b.tandem.v1.GenerationParams\x12\x0e\n\x06prefix\x18\x06 \x03(\x03\"h\n\x0b\x44\x65\x63odeEvent\x12\'\n\x06tokens\x18\x01 \x01(\x0b\x32\x15.tandem.v1.TokenChunkH\x00\x12\'\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x16.tandem.v1.DecodeFinalH\x00\x42\x07\n\x05\x65vent\"(\n\nTokenChunk\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03ids\x18\x02 \x03(\x03\"\x84\x01\n\x0b\x44\x65\x63odeFinal\x12\'\n\x06reason\x18\x01 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x11\n\tdecode_ms\x18\x03 \x01(\x01\x12\x13\n\x0btoken_count\x18\x04 \x01(\r\x12\x12\n\nreplica_id\x18\x05 \x01(\t\"\x13\n\x11ListModelsRequest\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tandem.v1.ModelInfo\"\xfa\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x13\n\x0bhidden_size\x18\x03 \x01(\r\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x19\n\x11max_source_length\x18\x05 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x06 \x01(\r\x12\x14\n\x0c\x65os_token_id\x18\x07 \x01(\x03\x12\x1e\n\x16\x64\x65\x63oder_start_token_id\x18\x08 \x01(\x03\x12\x36\n\tlanguages\x18\t \x03(\x0b\x32#.tandem.v1.ModelInfo.LanguagesEntry\x12 \n\x06\x63odecs\x18\n \x03(\x0e\x32\x10.tandem.v1.Codec\x12,\n\x0c\x63ompressions\x18\x0b \x03(\x0e\x32\x16.tandem.v1.Compression\x1a\x30\n\x0eLanguagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*T\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x0e\n\nDTYPE_INT8\x10\x03*N\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x0e\n\nCODEC_FP32\x10\x01\x12\x0e\n\nCODEC_FP16\x10\x02\x12\x0e\n\nCODEC_INT8\x10\x03*l\n\x0b\x43ompression\x12\x1b\n\x17\x43OMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x01\x12\x14\n\x10\x43OMPRESSION_ZSTD\x10\x02\x12\x14\n\x10\x43OMPRESSION_GZIP\x10\x03*\x97\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x1a\n\x16\x46INISH_REASON_DEADLINE\x10\x04\x32\x92\x01\n\x07\x44\x65\x63oder\x12<\n\x06\x44\x65\x63ode\x12\x18.tandem.v1.DecodeRequest\x1a\x16.tandem.v1.DecodeEvent0\x01\x12I\n\nListModels\x12\x1c.tandem.v1.ListModelsRequest\x1a\x1d.tandem.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tandem/v1/decoder.proto\x12\ttandem.v1\"\xa4\x01\n\x06Tensor\x12\x1f\n\x05\x64type\x18\x01 \x01(\x0e\x32\x10.tandem.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x1f\n\x05\x63odec\x18\x03 \x01(\x0e\x32\x10.tandem.v1.Codec\x12\x0e\n\x06scales\x18\x04 \x01(\x0c\x12+\n\x0b\x63ompression\x18\x05 \x01(\x0e\x32\x16.tandem.v1.Compression\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\"\xb6\x01\n\x10GenerationParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x16\n\x0emin_new_tokens\x18\x02 \x01(\r\x12\x1c\n\x12\x66orced_first_token\x18\x03 \x01(\x03H\x00\x12\x19\n\x0ftarget_language\x18\x04 \x01(\tH\x00\x12\x19\n\x0c\x65os_token_id\x18\x05 \x01(\x03H\x01\x88\x01\x01\x42\r\n\x0b\x66irst_tokenB\x0f\n\r_eos_token_id\"\xbc\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12(\n\rhidden_states\x18\x03 \x01(\x0b\x32\x11.tandem.v1.Tensor\x12\x15\n\rsource_length\x18\x04 \x01(\r\x12+\n\x06params\x18\x05 \x01(\x0b\x32\x1b.tandem.v1.GenerationParams\x12\x0e\n\x06prefix\x18\x06 \x03(\x03\"h\n\x0b\x44\x65\x63odeEvent\x12\'\n\x06tokens\x18\x01 \x01(\x0b\x32\x15.tandem.v1.TokenChunkH\x00\x12\'\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x16.tandem.v1.DecodeFinalH\x00\x42\x07\n\x05\x65vent\"(\n\nTokenChunk\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03ids\x18\x02 \x03(\x03\"\x84\x01\n\x0b\x44\x65\x63odeFinal\x12\'\n\x06reason\x18\x01 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x11\n\tdecode_ms\x18\x03 \x01(\x01\x12\x13\n\x0btoken_count\x18\x04 \x01(\r\x12\x12\n\nreplica_id\x18\x05 \x01(\t\"r\n\x0eHandoffRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x18.tandem.v1.DecodeRequestH\x00\x12*\n\x06prefix\x18\x02 \x01(\x0b\x32\x18.tandem.v1.HandoffPrefixH\x00\x42\t\n\x07message\"\x1c\n\rHandoffPrefix\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"\x11\n\x0fHandoffAccepted\"\x99\x01\n\x0cHandoffEvent\x12.\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1a.tandem.v1.HandoffAcceptedH\x00\x12\'\n\x06tokens\x18\x02 \x01(\x0b\x32\x15.tandem.v1.TokenChunkH\x00\x12\'\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x16.tandem.v1.DecodeFinalH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tandem.v1.ModelInfo\"\xfa\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x13\n\x0bhidden_size\x18\x03 \x01(\r\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x19\n\x11max_source_length\x18\x05 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x06 \x01(\r\x12\x14\n\x0c\x65os_token_id\x18\x07 \x01(\x03\x12\x1e\n\x16\x64\x65\x63oder_start_token_id\x18\x08 \x01(\x03\x12\x36\n\tlanguages\x18\t \x03(\x0b\x32#.tandem.v1.ModelInfo.LanguagesEntry\x12 \n\x06\x63odecs\x18\n \x03(\x0e\x32\x10.tandem.v1.Codec\x12,\n\x0c\x63ompressions\x18\x0b \x03(\x0e\x32\x16.tandem.v1.Compression\x1a\x30\n\x0eLanguagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*T\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x0e\n\nDTYPE_INT8\x10\x03*N\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x0e\n\nCODEC_FP32\x10\x01\x12\x0e\n\nCODEC_FP16\x10\x02\x12\x0e\n\nCODEC_INT8\x10\x03*l\n\x0b\x43ompression\x12\x1b\n\x17\x43OMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x01\x12\x14\n\x10\x43OMPRESSION_ZSTD\x10\x02\x12\x14\n\x10\x43OMPRESSION_GZIP\x10\x03*\x97\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x1a\n\x16\x46INISH_REASON_DEADLINE\x10\x04\x32\xd5\x01\n\x07\x44\x65\x63oder\x12<\n\x06\x44\x65\x63ode\x12\x18.tandem.v1.DecodeRequest\x1a\x16.tandem.v1.DecodeEvent0\x01\x12\x41\n\x07Handoff\x12\x19.tandem.v1.HandoffRequest\x1a\x17.tandem.v1.HandoffEvent(\x01\x30\x01\x12I\n\nListModels\x12\x1c.tandem.v1.ListModelsRequest\x1a\x1d.tandem.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +33,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO_LANGUAGESENTRY']._loaded_options = None
   _globals['_MODELINFO_LANGUAGESENTRY']._serialized_options = b'8\001'
-  _globals['_DTYPE']._serialized_start=1326
-  _globals['_DTYPE']._serialized_end=1410
-  _globals['_CODEC']._serialized_start=1412
-  _globals['_CODEC']._serialized_end=1490
-  _globals['_COMPRESSION']._serialized_start=1492
-  _globals['_COMPRESSION']._serialized_end=1600
-  _globals['_FINISHREASON']._serialized_start=1603
-  _globals['_FINISHREASON']._serialized_end=1754
+  _globals['_DTYPE']._serialized_start=1647
+  _globals['_DTYPE']._serialized_end=1731
+  _globals['_CODEC']._serialized_start=1733
+  _globals['_CODEC']._serialized_end=1811
+  _globals['_COMPRESSION']._serialized_start=1813
+  _globals['_COMPRESSION']._serialized_end=1921
+  _globals['_FINISHREASON']._serialized_start=1924
+  _globals['_FINISHREASON']._serialized_end=2075
   _globals['_TENSOR']._serialized_start=39
   _globals['_TENSOR']._serialized_end=203
   _globals['_GENERATIONPARAMS']._serialized_start=206
@@ -53,14 +53,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENCHUNK']._serialized_end=727
   _globals['_DECODEFINAL']._serialized_start=730
   _globals['_DECODEFINAL']._serialized_end=862
-  _globals['_LISTMODELSREQUEST']._serialized_start=864
-  _globals['_LISTMODELSREQUEST']._serialized_end=883
-  _globals['_LISTMODELSRESPONSE']._serialized_start=885
-  _globals['_LISTMODELSRESPONSE']._serialized_end=943
-  _globals['_MODELINFO']._serialized_start=946
-  _globals['_MODELINFO']._serialized_end=1324
-  _globals['_MODELINFO_LANGUAGESENTRY']._serialized_start=1276
-  _globals['_MODELINFO_LANGUAGESENTRY']._serialized_end=1324
-  _globals['_DECODER']._serialized_start=1757
-  _globals['_DECODER']._serialized_end=1903
+  _globals['_HANDOFFREQUEST']._serialized_start=864
+  _globals['_HANDOFFREQUEST']._serialized_end=978
+  _globals['_HANDOFFPREFIX']._serialized_start=980
+  _globals['_HANDOFFPREFIX']._serialized_end=1008
+  _globals['_HANDOFFACCEPTED']._serialized_start=1010
+  _globals['_HANDOFFACCEPTED']._serialized_end=1027
+  _globals['_HANDOFFEVENT']._serialized_start=1030
+  _globals['_HANDOFFEVENT']._serialized_end=1183
+  _globals['_LISTMODELSREQUEST']._serialized_start=1185
+  _globals['_LISTMODELSREQUEST']._serialized_end=1204
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1206
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1264
+  _globals['_MODELINFO']._serialized_start=1267
+  _globals['_MODELINFO']._serialized_end=1645
+  _globals['_MODELINFO_LANGUAGESENTRY']._serialized_start=1597
+  _globals['_MODELINFO_LANGUAGESENTRY']._serialized_end=1645
+  _globals['_DECODER']._serialized_start=2078
+  _globals['_DECODER']._serialized_end=2291
 # @@protoc_insertion_point(module_scope)

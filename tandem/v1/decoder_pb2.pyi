@@ -129,6 +129,34 @@ class DecodeFinal(_message.Message):
     replica_id: str
     def __init__(self, reason: _Optional[_Union[FinishReason, str]] = ..., queue_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., token_count: _Optional[int] = ..., replica_id: _Optional[str] = ...) -> None: ...
 
+class HandoffRequest(_message.Message):
+    __slots__ = ("start", "prefix")
+    START_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    start: DecodeRequest
+    prefix: HandoffPrefix
+    def __init__(self, start: _Optional[_Union[DecodeRequest, _Mapping]] = ..., prefix: _Optional[_Union[HandoffPrefix, _Mapping]] = ...) -> None: ...
+
+class HandoffPrefix(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class HandoffAccepted(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HandoffEvent(_message.Message):
+    __slots__ = ("accepted", "tokens", "final")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    accepted: HandoffAccepted
+    tokens: TokenChunk
+    final: DecodeFinal
+    def __init__(self, accepted: _Optional[_Union[HandoffAccepted, _Mapping]] = ..., tokens: _Optional[_Union[TokenChunk, _Mapping]] = ..., final: _Optional[_Union[DecodeFinal, _Mapping]] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

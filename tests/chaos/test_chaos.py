@@ -32,6 +32,7 @@ def test_nothing_is_lost_duplicated_or_changed_under_chaos(tmp_path):
     assert (summary.cloud_kills, summary.partitions, summary.spikes) == (3, 3, 4)
     assert summary.routes.get("cloud", 0) > 0 and summary.routes.get("local", 0) > 0
     assert sum(summary.fallbacks.values()) > 0
+    assert summary.handoffs > 0, "half the clients' requests go by HANDOFF"
     assert summary.ok
 
 
@@ -44,7 +45,7 @@ def test_chaos_command_ends_with_one_json_line(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     line = json.loads(out.stdout.strip().splitlines()[-1])
     for key in ("requests", "answered", "lost", "duplicated", "mismatched", "cloud_kills",
-                "partitions", "spikes", "wall_s", "routes", "fallbacks"):  # fmt: skip
+                "partitions", "spikes", "wall_s", "routes", "fallbacks", "handoffs"):  # fmt: skip
         assert key in line
     assert line["requests"] == line["answered"] == 60 and line["ok"] is True
     assert (line["cloud_kills"], line["partitions"], line["spikes"]) == (1, 1, 1)

@@ -9,6 +9,8 @@ valid request with bytes flipped, cut or inserted), which reach gRPC's parser fi
 
 from __future__ import annotations
 
+import queue
+
 import grpc
 import numpy as np
 import pytest
@@ -209,4 +211,77 @@ def test_raw_bytes_never_yield_internal(shared_server, model):
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{shared_server.port}"))
     reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert next(iter(shared_server.engines.values())).load == (0, 0)
+
+
+# -- Handoff: the same checks, a prefix that comes later, and raw bytes in either message ------
+
+
+def handoff_events(client, first: bytes, second: bytes | None, timeout: float = 20.0):
+    """Raw Handoff: ``first`` at once, ``second`` when the replica acknowledges (None: a
+    half-close instead); returns the parsed replies, or raises the call's RpcError."""
+    outbox = _Outbox(first)
+    replies = []
+    try:
+        for chunk in client(outbox, timeout=timeout):
+            event = decoder_pb2.HandoffEvent.FromString(chunk)  # well-formed replies only
+            replies.append(event)
+            if event.WhichOneof("event") == "accepted":
+                outbox.send(second)
+    finally:
+        outbox.send(None)
+    return replies
+
+
+class _Outbox:
+    """A request iterator: ``first``, then what ``send`` gives (None ends it)."""
+
+    def __init__(self, first: bytes) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue.put(first)
+
+    def send(self, item: bytes | None) -> None:
+        self._queue.put(item)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        item = self._queue.get()
+        if item is None:
+            self._queue.put(None)
+            raise StopIteration
+        return item
+
+
+def test_arbitrary_handoffs_never_yield_internal(shared_server, model):
+    """Invariant: whatever the start and the prefix (structured or raw bytes), a Handoff ends
+    in a well-formed stream or INVALID_ARGUMENT / FAILED_PRECONDITION, never INTERNAL; the
+    replica holds nothing afterwards."""
+    raw = grpc.insecure_channel(f"127.0.0.1:{shared_server.port}").stream_stream(
+        "/tandem.v1.Decoder/Handoff"
+    )
+    vocab = model.manifest.dims.vocab_size
+    prefixes = st.lists(small_or(INT64, -1, vocab + 1), max_size=8).map(
+        lambda ids: decoder_pb2.HandoffRequest(
+            prefix=decoder_pb2.HandoffPrefix(ids=ids)
+        ).SerializeToString()
+    )
+    starts = decode_requests(model).map(
+        lambda req: decoder_pb2.HandoffRequest(start=req).SerializeToString()
+    )
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        st.one_of(starts, st.binary(max_size=200)),
+        st.one_of(prefixes, st.binary(max_size=40), st.none()),
+    )
+    def check(first, second):
+        try:
+            handoff_events(raw, first, second)
+        except grpc.RpcError as exc:
+            assert exc.code() in ALLOWED, (exc.code(), exc.details())
+            assert exc.details()
+
+    check()
     assert next(iter(shared_server.engines.values())).load == (0, 0)

@@ -36,7 +36,10 @@ def cloud_factory(text_bundle):
 def agent_factory(text_bundle, tmp_path):
     agents = []
 
-    def make(port: int | None, policy: str = "always_cloud", **cloud_kwargs) -> Agent:
+    def make(
+        port: int | None, policy: str = "always_cloud", model: Seq2Seq | None = None, **cloud_kwargs
+    ) -> Agent:
+        """An agent on ``port`` (None: no cloud); ``model``: its own (e.g. a slow one)."""
         cloud = CloudSettings(
             enabled=port is not None,
             addresses=(f"127.0.0.1:{port or 1}",),
@@ -57,7 +60,7 @@ def agent_factory(text_bundle, tmp_path):
                 policy=PolicyConfig(policy=policy),
             )
         )
-        agent = Agent(config)
+        agent = Agent(config, model=model)
         agents.append(agent)
         return agent
 

@@ -118,3 +118,8 @@ def test_agent_config_is_valid_edge_yaml(tmp_path):
         edge_yaml(ChaosConfig(), tmp_path / "b", tmp_path / "s.sock", "127.0.0.1:5")
     )
     assert config.cloud.addresses == ("127.0.0.1:5",) and config.piece_interval_ms == 0
+    assert config.cloud.force_route is None
+    handoff = edge_config_from_dict(
+        edge_yaml(ChaosConfig(), tmp_path / "b", tmp_path / "s.sock", "127.0.0.1:5", handoff=True)
+    )
+    assert handoff.cloud.force_route == "handoff"

@@ -17,9 +17,12 @@ from typing import Any
 
 from tandem.config import bound, build, one_of, require, shown
 
-POLICIES: tuple[str, ...] = ("always_local", "always_cloud", "threshold", "cost_model")
+POLICIES: tuple[str, ...] = ("always_local", "always_cloud", "threshold", "cost_model", "handoff")
 """Routing policies ``decide`` implements (the simulator's ``oracle`` is not one: it needs the
-future)."""
+future). ``cost_model`` chooses LOCAL or CLOUD; ``handoff`` also weighs HANDOFF."""
+
+OBJECTIVES: tuple[str, ...] = ("latency", "weighted", "min_energy")
+"""What ``cost_model`` and ``handoff`` minimise (see ``PolicyConfig.objective``)."""
 
 CODECS: dict[str, tuple[int, int]] = {
     "fp32": (4, 0),
@@ -140,11 +143,37 @@ class PolicyConfig:
     """``threshold``: CLOUD needs at least this typical uplink ..."""
     threshold_src_len: int = 16
     """... and at least this many source tokens (longer inputs, longer outputs)."""
+    objective: str = "latency"
+    """``latency``: the fastest predicted route. ``weighted``: the least predicted latency +
+    ``energy_weight_ms_per_j`` x device energy + ``bytes_weight_ms_per_mb`` x uploaded bytes.
+    ``min_energy``: the least predicted device energy among routes whose predicted latency is
+    within ``latency_budget_factor`` x the fastest route's."""
+    energy_weight_ms_per_j: float = 0.0
+    """``weighted``: milliseconds of latency one joule of device energy is worth."""
+    bytes_weight_ms_per_mb: float = 0.0
+    """``weighted``: milliseconds of latency one uploaded megabyte (10^6 bytes) is worth."""
+    latency_budget_factor: float = 1.15
+    """``min_energy``: how much slower than the fastest route a cheaper route may be."""
+    handoff_gain: float = 0.03
+    """``handoff`` with the latency objective races (HANDOFF) only when that is predicted this
+    fraction faster than the best single route: when one route clearly wins, racing would
+    only spend the battery and the uplink."""
+    handoff_stall_ms: float = 250.0
+    """HANDOFF, after switching to the cloud's stream: no token for this long, and the device
+    resumes decoding locally from the tokens it has."""
+    prefix_token_bytes: int = 4
+    """Uplink bytes per token of the device's prefix in a HANDOFF call (an int32 id); the
+    message's overhead is ``token_bytes``."""
     estimators: EstimatorConfig = field(default_factory=EstimatorConfig)
     length: LengthConfig = field(default_factory=LengthConfig)
 
     def __post_init__(self) -> None:
         one_of(self, "policy", POLICIES)
+        one_of(self, "objective", OBJECTIVES)
+        bound(self, "energy_weight_ms_per_j", "bytes_weight_ms_per_mb", "handoff_gain", ge=0)
+        bound(self, "latency_budget_factor", ge=1)
+        bound(self, "handoff_stall_ms", gt=0)
+        bound(self, "prefix_token_bytes", ge=0)
         one_of(self, "codec", sorted(CODECS))
         bound(self, "payload_overhead_bytes", "token_bytes", "length_margin_sd", ge=0)
         bound(self, "hedge_slack_ms", "threshold_uplink_bps", "threshold_src_len", ge=0)

@@ -180,7 +180,9 @@ def test_more_bandwidth_never_turns_cloud_into_local(o, factor, policy, state, d
 def test_decide_is_total_and_honours_constraints(o, policy, state, device, cloud):
     """Invariant: any valid observation gets a decision; offline and local_only mean LOCAL."""
     d = decide(o, device, cloud, PolicyConfig(policy=policy), state)
-    assert d.route in (Route.LOCAL, Route.CLOUD)
+    assert d.route in (Route.LOCAL, Route.CLOUD, Route.HANDOFF)
+    if policy != "handoff":
+        assert d.route is not Route.HANDOFF
     assert math.isfinite(d.local_ms) and d.local_ms >= 0 and d.cloud_ms >= 0
     if o.local_only or not o.online:
         assert d.route is Route.LOCAL

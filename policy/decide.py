@@ -6,7 +6,8 @@ calls it with live measurements; neither can tell the difference. No I/O, no clo
 Order of rules, for every policy:
 
 1. ``local_only`` request -> LOCAL (privacy outranks speed);
-2. offline or outage detected -> LOCAL; circuit breaker open -> LOCAL;
+2. offline or outage detected -> LOCAL (``handoff`` racing for latency: an outage that only
+   the detector declares -> HANDOFF, which costs no time); circuit breaker open -> LOCAL;
 3. metered network and the upload would exceed the byte budget -> LOCAL;
 4. the policy proper: ``always_local``, ``always_cloud``, ``threshold`` or ``cost_model``.
 
@@ -229,12 +230,24 @@ def decide(
 
     if obs.local_only:
         return local("local_only")
-    if not obs.online:
+    # ``handoff`` racing for latency does not believe the outage detector blindly: the local run
+    # starts at once either way, so a race costs no time and wins if the link is back.
+    race_outage = cfg.policy == "handoff" and cfg.objective == "latency" and obs.outage_detected
+    if not obs.online and not race_outage:
         return local("offline")
     if obs.breaker_open:
         return local("breaker_open")
     if obs.byte_budget_left is not None and costs.payload_bytes > obs.byte_budget_left:
         return local("byte_budget")
+    if not obs.online:
+        return Decision(
+            Route.HANDOFF,
+            "outage_race",
+            costs.local_ms,
+            costs.cloud_ms,
+            handoff_ms=costs.handoff_ms,
+            energy_j=costs.handoff_j,
+        )
 
     policy = cfg.policy
     if policy == "always_local":
@@ -279,7 +292,9 @@ def _choose(costs: RouteCosts, cfg: PolicyConfig, handoff: bool) -> Decision:
     if objective == "latency":
         single = min(options[:2], key=lambda o: o[1])
         best, reason = single, "cloud_faster" if single[0] is Route.CLOUD else "local_faster"
-        if handoff and costs.handoff_ms < single[1] * (1.0 - cfg.handoff_gain):
+        slower = max(costs.local_ms, costs.cloud_ms)
+        close = slower <= single[1] * (1.0 + cfg.handoff_band)
+        if handoff and close and math.isfinite(costs.cloud_ms):
             best, reason = options[2], "handoff_faster"
     elif objective == "weighted":
 

@@ -296,6 +296,7 @@ class AgentKnowledge:
             predicted_tokens=predicted.tokens,
             predicted_tokens_sd=predicted.sd,
             online=has_cloud and (not est.outage or breaker_probe),
+            outage_detected=has_cloud and est.outage and not breaker_probe,
             breaker_open=breaker_open,
             local_only=local_only,
             byte_budget_left=byte_budget_left,

@@ -42,6 +42,10 @@ class Observations:
     """Typical error of that prediction, in steps (``LengthPrediction.sd``)."""
     online: bool = True
     """False when the device has no connectivity or the outage detector says so."""
+    outage_detected: bool = False
+    """``online`` is False only because the outage detector says so (failed or overdue
+    probes and calls), not because the device has no connectivity or no cloud: a race
+    (HANDOFF) still costs no time then, since the device decodes at once."""
     breaker_open: bool = False
     """The cloud client's circuit breaker is open: the cloud is failing, do not call it."""
     local_only: bool = False

@@ -46,16 +46,22 @@ COST_REASONS = frozenset(
 
 @dataclass(frozen=True)
 class PolicyState:
-    """What ``decide`` remembers between requests: only the last cost-based route (hysteresis)."""
+    """What ``decide`` remembers between requests: the last cost-based route (hysteresis) and
+    the latency credit of ``min_energy`` with a mean budget."""
 
     last_route: Route | None = None
+    latency_credit_ms: float = 0.0
 
 
 def remember(state: PolicyState, decision: Decision) -> PolicyState:
     """State for the next request. Forced routes (offline, local_only, ...) do not count: they
     say nothing about which route is faster."""
     if decision.reason in COST_REASONS:
-        return PolicyState(last_route=decision.route)
+        credit = decision.latency_credit_ms
+        return PolicyState(
+            last_route=decision.route,
+            latency_credit_ms=state.latency_credit_ms if credit is None else credit,
+        )
     return state
 
 
@@ -261,7 +267,8 @@ def decide(
         return local("threshold_local")
 
     if policy == "handoff" or cfg.objective != "latency":
-        return _choose(costs, cfg, handoff=policy == "handoff")
+        credit = state.latency_credit_ms if state is not None else 0.0
+        return _choose(costs, cfg, handoff=policy == "handoff", credit_ms=credit)
 
     # cost_model, latency objective
     last = state.last_route if state is not None else None
@@ -276,7 +283,9 @@ def decide(
     return local("local_faster")
 
 
-def _choose(costs: RouteCosts, cfg: PolicyConfig, handoff: bool) -> Decision:
+def _choose(
+    costs: RouteCosts, cfg: PolicyConfig, handoff: bool, credit_ms: float = 0.0
+) -> Decision:
     """The priced choice among LOCAL, CLOUD and (``handoff``) HANDOFF under ``cfg.objective``.
 
     Candidates are tried in the order LOCAL, CLOUD, HANDOFF, and a tie keeps the earlier one:
@@ -289,6 +298,7 @@ def _choose(costs: RouteCosts, cfg: PolicyConfig, handoff: bool) -> Decision:
     if handoff:
         options.append((Route.HANDOFF, costs.handoff_ms, costs.handoff_j, costs.handoff_bytes))
     objective = cfg.objective
+    credit: float | None = None
     if objective == "latency":
         single = min(options[:2], key=lambda o: o[1])
         best, reason = single, "cloud_faster" if single[0] is Route.CLOUD else "local_faster"
@@ -306,8 +316,13 @@ def _choose(costs: RouteCosts, cfg: PolicyConfig, handoff: bool) -> Decision:
         best, reason = min(options, key=score), "least_cost"
     else:  # min_energy
         fastest = min(o[1] for o in options)
-        allowed = [o for o in options if o[1] <= fastest * cfg.latency_budget_factor]
+        budget = fastest * cfg.latency_budget_factor
+        mean = cfg.latency_budget_scope == "mean" and math.isfinite(fastest)
+        spendable = budget + (credit_ms if mean else 0.0)
+        allowed = [o for o in options if o[1] <= spendable]
         best, reason = min(allowed, key=lambda o: (o[2], o[1])), "least_energy"
+        if mean:
+            credit = max(0.0, credit_ms + budget - best[1])
     route, _, energy, _ = best
     return Decision(
         route,
@@ -317,4 +332,5 @@ def _choose(costs: RouteCosts, cfg: PolicyConfig, handoff: bool) -> Decision:
         costs.hedge_deadline_ms if route is Route.CLOUD else None,
         handoff_ms=costs.handoff_ms if handoff else None,
         energy_j=energy,
+        latency_credit_ms=credit,
     )

@@ -135,3 +135,6 @@ class Decision:
     energy_j: float | None = None
     """Predicted device energy (compute + radio) of the chosen route, where the policy priced
     it (``cost_model``, ``handoff``)."""
+    latency_credit_ms: float | None = None
+    """``min_energy`` with ``latency_budget_scope: mean``: the latency credit left after this
+    decision (``remember`` carries it to the next)."""

@@ -264,3 +264,29 @@ def test_objective_and_weights_are_checked():
         PolicyConfig(latency_budget_factor=0.9)
     with pytest.raises(ConfigError, match="energy_weight_ms_per_j"):
         PolicyConfig(energy_weight_ms_per_j=-1)
+
+
+def test_min_energy_with_a_mean_budget_spends_credit_saved_by_earlier_requests(device, cloud):
+    """Invariant: the credit never goes negative, and the chosen routes' predicted latencies
+    never exceed factor x the fastest ones' plus nothing borrowed: summed over requests, the
+    budget holds."""
+    cfg = PolicyConfig(objective="min_energy", latency_budget_scope="mean")
+    strict = dataclasses.replace(cfg, latency_budget_scope="request")
+    long_output = obs(predicted_tokens=40.0, radio_idle_s=None)
+    # no credit yet: as strict as the per-request budget
+    assert (
+        decide(long_output, device, cloud, cfg).route
+        is decide(long_output, device, cloud, strict).route
+    )
+    state, chosen, fastest = PolicyState(), 0.0, 0.0
+    for _ in range(30):
+        d = decide(long_output, device, cloud, cfg, state)
+        state = remember(state, d)
+        assert state.latency_credit_ms >= 0
+        chosen += d.local_ms if d.route is Route.LOCAL else d.cloud_ms
+        fastest += min(d.local_ms, d.cloud_ms)
+    assert chosen <= 1.15 * fastest + 1e-6
+    routes = set()
+    state = PolicyState(latency_credit_ms=1e6)
+    routes.add(decide(long_output, device, cloud, cfg, state).route)
+    assert routes == {Route.LOCAL}  # with credit to spend, the cheaper route wins

@@ -144,7 +144,8 @@ Event = (
 
 
 class AgentKnowledge:
-    """The estimators, the length model and the policy state of one agent; not thread-safe."""
+    """The estimators, the length model, the policy state and the radio's state (network type,
+    when it last carried data) of one agent; not thread-safe."""
 
     def __init__(
         self,

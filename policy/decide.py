@@ -318,9 +318,17 @@ def _choose(
         fastest = min(o[1] for o in options)
         budget = fastest * cfg.latency_budget_factor
         mean = cfg.latency_budget_scope == "mean" and math.isfinite(fastest)
-        spendable = budget + (credit_ms if mean else 0.0)
-        allowed = [o for o in options if o[1] <= spendable]
-        best, reason = min(allowed, key=lambda o: (o[2], o[1])), "least_energy"
+        within = [o for o in options if o[1] <= budget]
+        best = min(within, key=lambda o: (o[2], o[1]))
+        if mean:
+            strict = best
+            for o in options:
+                extra_ms = o[1] - strict[1]
+                if not (budget < o[1] <= budget + credit_ms and o[2] < best[2]):
+                    continue
+                if strict[2] - o[2] >= cfg.min_saving_j_per_ms * extra_ms:
+                    best = o
+        reason = "least_energy"
         if mean:
             credit = max(0.0, credit_ms + budget - best[1])
     route, _, energy, _ = best

@@ -61,6 +61,23 @@ def _j(x: float) -> float:
     return round(float(x), 4)
 
 
+def _energy(result: RunResult) -> dict:
+    """The energy keys; None where the run booked no energy (the emulator measures none)."""
+    keys = ("energy_j_mean", "energy_j_p95", "radio_j_mean", "compute_j_mean")
+    if (
+        result.compute_j.size != result.latency_ms.size
+        or result.radio_j.size != result.compute_j.size
+    ):
+        return dict.fromkeys(keys)
+    energy = result.energy_j
+    return {
+        "energy_j_mean": _j(energy.mean()),
+        "energy_j_p95": _j(np.percentile(energy, 95)),
+        "radio_j_mean": _j(result.radio_j.mean()),
+        "compute_j_mean": _j(result.compute_j.mean()),
+    }
+
+
 def summarize(result: RunResult, oracle: RunResult) -> dict:
     """One summary row: latency statistics, routing counts and regret against the oracle."""
     lat = result.latency_ms
@@ -81,11 +98,8 @@ def summarize(result: RunResult, oracle: RunResult) -> dict:
         "timeouts": int(result.timeout.sum()),
         "regret_ms": _ms(mean - oracle_mean),
         "regret_pct": round(100.0 * (mean / oracle_mean - 1.0), 2) if oracle_mean > 0 else 0.0,
-        "energy_j_mean": _j(result.energy_j.mean()),
-        "energy_j_p95": _j(np.percentile(result.energy_j, 95)),
-        "radio_j_mean": _j(result.radio_j.mean()),
-        "compute_j_mean": _j(result.compute_j.mean()),
         "uplink_bytes_mean": round(float(result.bytes_up.mean()), 1),
+        **_energy(result),
     }
 
 
@@ -156,7 +170,8 @@ def format_table(rows: Sequence[dict]) -> str:
             f"{name:<{width}}  {r['policy']:<12} {r['mean_ms']:8.1f} {r['p50_ms']:8.1f} "
             f"{r['p95_ms']:8.1f} {r['p99_ms']:8.1f} {100 * r['cloud_share']:6.1f} "
             f"{r['bytes_up'] / 1000:9.1f} {r['fallbacks']:6d} {r['timeouts']:7d} "
-            f"{r['regret_pct']:8.2f} {r['energy_j_mean']:7.3f}"
+            f"{r['regret_pct']:8.2f} "
+            + (f"{r['energy_j_mean']:7.3f}" if r["energy_j_mean"] is not None else f"{'-':>7}")
         )
     lines.append(
         "latencies in ms (arrival to last token); regret% = mean vs the oracle's mean; "

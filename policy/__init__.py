@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from tandem.policy.config import (
     CODECS,
+    OBJECTIVES,
     POLICIES,
     EstimatorConfig,
     LengthConfig,
@@ -30,6 +31,14 @@ from tandem.policy.decide import (
     predict_costs,
     remember,
     slowdown,
+)
+from tandem.policy.energy import (
+    RADIOS,
+    RadioModel,
+    RadioState,
+    compute_j,
+    marginal_j,
+    transfer_j,
 )
 from tandem.policy.estimators import (
     NetworkEstimate,
@@ -50,7 +59,14 @@ from tandem.policy.profile import Profile
 __all__ = [
     "AgentKnowledge",
     "CODECS",
+    "OBJECTIVES",
     "POLICIES",
+    "RADIOS",
+    "RadioModel",
+    "RadioState",
+    "compute_j",
+    "marginal_j",
+    "transfer_j",
     "Decision",
     "EstimatorConfig",
     "LengthConfig",

@@ -17,9 +17,12 @@ from typing import Any
 
 from tandem.config import bound, build, one_of, require, shown
 
-POLICIES: tuple[str, ...] = ("always_local", "always_cloud", "threshold", "cost_model")
+POLICIES: tuple[str, ...] = ("always_local", "always_cloud", "threshold", "cost_model", "handoff")
 """Routing policies ``decide`` implements (the simulator's ``oracle`` is not one: it needs the
-future)."""
+future). ``cost_model`` chooses LOCAL or CLOUD; ``handoff`` also weighs HANDOFF."""
+
+OBJECTIVES: tuple[str, ...] = ("latency", "weighted", "min_energy")
+"""What ``cost_model`` and ``handoff`` minimise (see ``PolicyConfig.objective``)."""
 
 CODECS: dict[str, tuple[int, int]] = {
     "fp32": (4, 0),
@@ -140,11 +143,56 @@ class PolicyConfig:
     """``threshold``: CLOUD needs at least this typical uplink ..."""
     threshold_src_len: int = 16
     """... and at least this many source tokens (longer inputs, longer outputs)."""
+    objective: str = "latency"
+    """``latency``: the fastest predicted route. ``weighted``: the least predicted latency +
+    ``energy_weight_ms_per_j`` x device energy + ``bytes_weight_ms_per_mb`` x uploaded bytes.
+    ``min_energy``: the least predicted device energy among routes whose predicted latency is
+    within ``latency_budget_factor`` x the fastest route's."""
+    energy_weight_ms_per_j: float = 0.0
+    """``weighted``: milliseconds of latency one joule of device energy is worth."""
+    bytes_weight_ms_per_mb: float = 0.0
+    """``weighted``: milliseconds of latency one uploaded megabyte (10^6 bytes) is worth."""
+    latency_budget_factor: float = 1.15
+    """``min_energy``: how much slower than the fastest route a cheaper route may be."""
+    latency_budget_scope: str = "mean"
+    """``min_energy``: ``mean`` — the budget holds for the sum of predicted latencies over
+    requests: what one request leaves unused (factor x its fastest route - its chosen route)
+    is credit a later request may spend, so the slack goes where it saves most energy (a
+    radio kept out of its tail); ``request`` — each request's route within the factor of its
+    own fastest route. With ``request`` few routes ever qualify (LOCAL and CLOUD rarely lie
+    within 15 % of each other) and the saving is small (docs/energy.md)."""
+    min_saving_j_per_ms: float = 0.015
+    """``min_energy`` with a mean budget: a route that needs latency credit (slower than the
+    factor alone allows) is taken only where it saves at least this many joules per
+    millisecond it adds over the route the factor alone would take, so the credit goes to the
+    requests where it buys most energy. 0.015 J/ms: about what a cloud call costs an LTE
+    radio ~1 s into its tail against a 60 ms slower local decode; spending below that
+    squanders credit that an idle radio's promotion and tail (~12.6 J) would need."""
+    handoff_band: float = 10.0
+    """``handoff`` with the latency objective races (HANDOFF) unless one single route is
+    predicted faster than the other by more than this fraction (LOCAL or CLOUD then, the
+    obvious winner). The default races unless one route is an order of magnitude faster:
+    predictions are pessimistic and links change within a request, and in the shared traces
+    a race won time on every kind of network (docs/results/simulation.md). Spending less of
+    the battery is the ``weighted`` and ``min_energy`` objectives' job."""
+    handoff_stall_ms: float = 250.0
+    """HANDOFF, after switching to the cloud's stream: no token for this long, and the device
+    resumes decoding locally from the tokens it has."""
+    prefix_token_bytes: int = 4
+    """Uplink bytes per token of the device's prefix in a HANDOFF call (an int32 id); the
+    message's overhead is ``token_bytes``."""
     estimators: EstimatorConfig = field(default_factory=EstimatorConfig)
     length: LengthConfig = field(default_factory=LengthConfig)
 
     def __post_init__(self) -> None:
         one_of(self, "policy", POLICIES)
+        one_of(self, "objective", OBJECTIVES)
+        one_of(self, "latency_budget_scope", ("request", "mean"))
+        bound(self, "energy_weight_ms_per_j", "bytes_weight_ms_per_mb", "handoff_band", ge=0)
+        bound(self, "latency_budget_factor", ge=1)
+        bound(self, "min_saving_j_per_ms", ge=0)
+        bound(self, "handoff_stall_ms", gt=0)
+        bound(self, "prefix_token_bytes", ge=0)
         one_of(self, "codec", sorted(CODECS))
         bound(self, "payload_overhead_bytes", "token_bytes", "length_margin_sd", ge=0)
         bound(self, "hedge_slack_ms", "threshold_uplink_bps", "threshold_src_len", ge=0)

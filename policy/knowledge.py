@@ -11,6 +11,8 @@ telling it what happened and when::
     k.call_failed(t)                  # a call failed (after a token, or refused)
     k.call_done(t, nbytes, ttft_ms, ...)   # a call completed
     k.request_done(t, lang, src_len, steps)
+    k.radio_used(start, end, up_bytes, down_bytes)   # a call held the radio (returns joules)
+    k.network_type_seen(t, "lte")     # the device now reaches the cloud over this radio
     obs = k.observations(t, src_len, lang, encode_ms, ...)
     decision = decide(obs, device, cloud, cfg, k.policy_state); k.decided(decision)
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 
 from tandem.policy.config import PolicyConfig
 from tandem.policy.decide import PolicyState, load_from_timing, remember
+from tandem.policy.energy import RADIOS, RadioState, idle_s, transfer_j
 from tandem.policy.estimators import (
     NetworkEstimate,
     NetworkState,
@@ -108,11 +111,41 @@ class RequestDone:
     steps: int
 
 
-Event = ProbeSent | ProbeResult | CallLate | CallFailed | CallDone | RequestDone
+@dataclass(frozen=True)
+class RadioUsed:
+    """One cloud call (CLOUD or HANDOFF) held the radio from ``start_s`` to ``end_s`` (when its
+    last byte went or came, or it was cancelled), moving ``up_bytes`` and ``down_bytes``.
+    Delivered at ``end_s``: ``t_s`` is ``end_s``."""
+
+    t_s: float
+    start_s: float
+    up_bytes: float
+    down_bytes: float
+
+
+@dataclass(frozen=True)
+class NetworkTypeSeen:
+    """The device's connectivity changed to ``network_type`` (a key of ``energy.RADIOS``)."""
+
+    t_s: float
+    network_type: str
+
+
+Event = (
+    ProbeSent
+    | ProbeResult
+    | CallLate
+    | CallFailed
+    | CallDone
+    | RequestDone
+    | RadioUsed
+    | NetworkTypeSeen
+)
 
 
 class AgentKnowledge:
-    """The estimators, the length model and the policy state of one agent; not thread-safe."""
+    """The estimators, the length model, the policy state and the radio's state (network type,
+    when it last carried data) of one agent; not thread-safe."""
 
     def __init__(
         self,
@@ -121,6 +154,7 @@ class AgentKnowledge:
         *,
         cloud_batch: int = 1,
         cloud_queue_ms: float = 0.0,
+        network_type: str = "lte",
     ) -> None:
         """``device`` is this device's profile (scaled to its speed): the encoder's expected
         time, against which a measured one reads as CPU load. ``cloud_batch`` and
@@ -132,6 +166,8 @@ class AgentKnowledge:
         self.policy_state = PolicyState()
         self.cloud_batch = cloud_batch
         self.cloud_queue_ms = cloud_queue_ms
+        self.network_type_seen(0.0, network_type)
+        self.radio = RadioState()
 
     # -- events -------------------------------------------------------------------------------
 
@@ -185,6 +221,21 @@ class AgentKnowledge:
     def request_done(self, t_s: float, lang: str, src_len: int, steps: int) -> None:
         self.lengths = observe_length(self.lengths, lang, src_len, steps, self.cfg.length)
 
+    def radio_used(self, start_s: float, end_s: float, up_bytes: float, down_bytes: float) -> float:
+        """A call held the radio from ``start_s`` to ``end_s``; returns the energy it added
+        (``energy.transfer_j``: promotion and whole tail if the radio was idle, else only the
+        part of the tail it cut short), so a caller that keeps a ledger books the same joules
+        the policy prices."""
+        joules, self.radio = transfer_j(
+            RADIOS[self.network_type], self.radio, start_s, end_s, up_bytes, down_bytes
+        )
+        return joules
+
+    def network_type_seen(self, t_s: float, network_type: str) -> None:
+        if network_type not in RADIOS:
+            raise ValueError(f"network_type must be one of {sorted(RADIOS)}, got {network_type!r}")
+        self.network_type = network_type
+
     def decided(self, decision: Decision) -> None:
         """The policy routed a request: remember it for the next decision (hysteresis)."""
         self.policy_state = remember(self.policy_state, decision)
@@ -204,6 +255,10 @@ class AgentKnowledge:
                 self.call_done(t_s, nbytes, ttft_ms, upload_s, queue_ms, first_step_ms)
             case RequestDone(t_s, lang, src_len, steps):
                 self.request_done(t_s, lang, src_len, steps)
+            case RadioUsed(t_s, start_s, up_bytes, down_bytes):
+                self.radio_used(start_s, t_s, up_bytes, down_bytes)
+            case NetworkTypeSeen(t_s, network_type):
+                self.network_type_seen(t_s, network_type)
             case _:
                 raise TypeError(f"not a knowledge event: {event!r}")
 
@@ -242,6 +297,7 @@ class AgentKnowledge:
             predicted_tokens=predicted.tokens,
             predicted_tokens_sd=predicted.sd,
             online=has_cloud and (not est.outage or breaker_probe),
+            outage_detected=has_cloud and est.outage and not breaker_probe,
             breaker_open=breaker_open,
             local_only=local_only,
             byte_budget_left=byte_budget_left,
@@ -254,4 +310,6 @@ class AgentKnowledge:
             local_backlog_ms=local_backlog_ms,
             cloud_batch=self.cloud_batch,
             cloud_queue_ms=self.cloud_queue_ms,
+            network_type=self.network_type,
+            radio_idle_s=idle_s(self.radio, now_s),
         )

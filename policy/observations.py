@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
+from tandem.policy.energy import RADIOS
+
 
 class Route(StrEnum):
     """Where the decoder runs for one request."""
@@ -40,6 +42,10 @@ class Observations:
     """Typical error of that prediction, in steps (``LengthPrediction.sd``)."""
     online: bool = True
     """False when the device has no connectivity or the outage detector says so."""
+    outage_detected: bool = False
+    """``online`` is False only because the outage detector says so (failed or overdue
+    probes and calls), not because the device has no connectivity or no cloud: a race
+    (HANDOFF) still costs no time then, since the device decodes at once."""
     breaker_open: bool = False
     """The cloud client's circuit breaker is open: the cloud is failing, do not call it."""
     local_only: bool = False
@@ -69,6 +75,12 @@ class Observations:
     """Sequences the cloud currently decodes together (its last report); sets its step cost."""
     cloud_queue_ms: float = 0.0
     """Wait in the cloud's queue before decoding starts, as last reported by the service."""
+    network_type: str = "lte"
+    """Radio the device reaches the cloud through: a key of ``policy.energy.RADIOS`` (lte, 3g,
+    5g, wifi); sets the radio's power state machine."""
+    radio_idle_s: float | None = None
+    """Seconds since the radio last carried this agent's data (None: never): whether a cloud
+    call now pays a promotion and a whole tail, or only extends the tail it is in."""
 
     def __post_init__(self) -> None:
         # A bad observation is a bug in the caller (probes or simulator), hence ValueError.
@@ -88,6 +100,11 @@ class Observations:
             raise ValueError(f"observations: cpu_load must be in [0, 1], got {self.cpu_load}")
         if self.cloud_batch < 1:
             raise ValueError(f"observations: cloud_batch must be >= 1, got {self.cloud_batch}")
+        if self.network_type not in RADIOS:
+            raise ValueError(
+                f"observations: network_type must be one of {sorted(RADIOS)}, "
+                f"got {self.network_type!r}"
+            )
         for name in ("uplink_bps", "uplink_low_bps", "rtt_ms", "rtt_high_ms"):
             value = getattr(self, name)
             if value is not None and not value >= 0:
@@ -106,9 +123,18 @@ class Decision:
     route: Route
     reason: str
     """Short machine-readable cause: offline, breaker_open, local_only, byte_budget,
-    cloud_faster, local_faster, always_local, always_cloud, threshold_cloud, threshold_local."""
+    cloud_faster, local_faster, handoff_faster, least_cost, least_energy, always_local,
+    always_cloud, threshold_cloud, threshold_local."""
     local_ms: float
     cloud_ms: float
     hedge_deadline_ms: float | None = None
     """For CLOUD: start decoding locally too if no first token has arrived this long after the
     request was sent; the first to finish wins. None: no hedge (only the call deadline)."""
+    handoff_ms: float | None = None
+    """Predicted time to the last token by HANDOFF, where the policy priced it (``handoff``)."""
+    energy_j: float | None = None
+    """Predicted device energy (compute + radio) of the chosen route, where the policy priced
+    it (``cost_model``, ``handoff``)."""
+    latency_credit_ms: float | None = None
+    """``min_energy`` with ``latency_budget_scope: mean``: the latency credit left after this
+    decision (``remember`` carries it to the next)."""

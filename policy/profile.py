@@ -24,6 +24,7 @@ from typing import Any
 
 from tandem.config import shown
 from tandem.errors import ConfigError
+from tandem.policy.energy import DEFAULT_POWER_W
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ _TOP_KEYS = frozenset(
         "part_bytes",
         "peak_rss_mb",
         "request_overhead_ms",
+        "power_w",
     }
 )
 
@@ -74,6 +76,9 @@ class Profile:
     profile, the service's gRPC handling, codec and scheduling (cloud requests pay it).
     ``tandem profile`` times model runs only and leaves it 0; a measured value comes from
     running the real daemons (``bench/sim_vs_emulation.py`` calibrates it on an ideal link)."""
+    power_w: float = DEFAULT_POWER_W
+    """Active power of this machine while an inference run keeps a lane busy (see
+    ``policy.energy``): device compute energy = power_w x busy time. Optional in the file."""
     _batches: tuple[int, ...] = field(init=False, repr=False, compare=False)
     _curves: tuple[tuple[tuple[float, ...], tuple[float, ...]], ...] = field(
         init=False, repr=False, compare=False
@@ -91,6 +96,8 @@ class Profile:
                 f"profile: request_overhead_ms must be a finite number >= 0, "
                 f"got {self.request_overhead_ms}"
             )
+        if not (self.power_w >= 0 and math.isfinite(self.power_w)):
+            raise ConfigError(f"profile: power_w must be a finite number >= 0, got {self.power_w}")
         if not self.encoder_points:
             raise ConfigError("profile: encoder_ms needs at least one point")
         if not self.decoder_points:
@@ -194,6 +201,7 @@ class Profile:
             description=f"{self.description} (scaled x{factor:g})".strip(),
             fingerprint=self.fingerprint,
             request_overhead_ms=self.request_overhead_ms * factor,
+            power_w=self.power_w,
         )
 
     @classmethod
@@ -233,6 +241,7 @@ class Profile:
                 request_overhead_ms=_number(
                     data.get("request_overhead_ms", 0.0), f"{where}: request_overhead_ms"
                 ),
+                power_w=_number(data.get("power_w", DEFAULT_POWER_W), f"{where}: power_w"),
             )
         except ConfigError as exc:
             raise ConfigError(f"{where}: {str(exc).removeprefix('profile: ')}") from None

@@ -38,6 +38,11 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "timeouts",
     "regret_ms",
     "regret_pct",
+    "energy_j_mean",
+    "energy_j_p95",
+    "radio_j_mean",
+    "compute_j_mean",
+    "uplink_bytes_mean",
 )
 """Keys of every ``summary.json`` object and columns of ``summary.csv``, in order."""
 
@@ -50,6 +55,27 @@ REGRET_TARGET = 0.10
 
 def _ms(x: float) -> float:
     return round(float(x), 3)
+
+
+def _j(x: float) -> float:
+    return round(float(x), 4)
+
+
+def _energy(result: RunResult) -> dict:
+    """The energy keys; None where the run booked no energy (the emulator measures none)."""
+    keys = ("energy_j_mean", "energy_j_p95", "radio_j_mean", "compute_j_mean")
+    if (
+        result.compute_j.size != result.latency_ms.size
+        or result.radio_j.size != result.compute_j.size
+    ):
+        return dict.fromkeys(keys)
+    energy = result.energy_j
+    return {
+        "energy_j_mean": _j(energy.mean()),
+        "energy_j_p95": _j(np.percentile(energy, 95)),
+        "radio_j_mean": _j(result.radio_j.mean()),
+        "compute_j_mean": _j(result.compute_j.mean()),
+    }
 
 
 def summarize(result: RunResult, oracle: RunResult) -> dict:
@@ -72,6 +98,8 @@ def summarize(result: RunResult, oracle: RunResult) -> dict:
         "timeouts": int(result.timeout.sum()),
         "regret_ms": _ms(mean - oracle_mean),
         "regret_pct": round(100.0 * (mean / oracle_mean - 1.0), 2) if oracle_mean > 0 else 0.0,
+        "uplink_bytes_mean": round(float(result.bytes_up.mean()), 1),
+        **_energy(result),
     }
 
 
@@ -131,7 +159,7 @@ def format_table(rows: Sequence[dict]) -> str:
     width = max([len("trace")] + [len(r["trace"]) for r in rows])
     head = (
         f"{'trace':<{width}}  {'policy':<12} {'mean':>8} {'p50':>8} {'p95':>8} {'p99':>8} "
-        f"{'cloud%':>6} {'KB up':>9} {'fallbk':>6} {'timeout':>7} {'regret%':>8}"
+        f"{'cloud%':>6} {'KB up':>9} {'fallbk':>6} {'timeout':>7} {'regret%':>8} {'J mean':>7}"
     )
     lines = [head, "-" * len(head)]
     last = None
@@ -142,9 +170,13 @@ def format_table(rows: Sequence[dict]) -> str:
             f"{name:<{width}}  {r['policy']:<12} {r['mean_ms']:8.1f} {r['p50_ms']:8.1f} "
             f"{r['p95_ms']:8.1f} {r['p99_ms']:8.1f} {100 * r['cloud_share']:6.1f} "
             f"{r['bytes_up'] / 1000:9.1f} {r['fallbacks']:6d} {r['timeouts']:7d} "
-            f"{r['regret_pct']:8.2f}"
+            f"{r['regret_pct']:8.2f} "
+            + (f"{r['energy_j_mean']:7.3f}" if r["energy_j_mean"] is not None else f"{'-':>7}")
         )
-    lines.append("latencies in ms (arrival to last token); regret% = mean vs the oracle's mean")
+    lines.append(
+        "latencies in ms (arrival to last token); regret% = mean vs the oracle's mean; "
+        "J mean = device energy per request (compute + radio)"
+    )
     return "\n".join(lines)
 
 
@@ -177,6 +209,7 @@ POLICY_COLORS = {
     "always_cloud": "tab:orange",
     "threshold": "tab:purple",
     "cost_model": "tab:green",
+    "handoff": "tab:red",
     "oracle": "black",
 }
 TIMELINE_SPAN_S = 600.0
@@ -209,6 +242,25 @@ def plot_cdf(path: Path, trace: str, results: Sequence[RunResult]) -> None:
     ax.axhline(0.95, color="grey", lw=0.8, ls=":")
     ax.set_title(f"Latency CDF — {trace}", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
+def plot_energy(path: Path, trace: str, results: Sequence[RunResult]) -> None:
+    """Mean device energy against mean latency, one point per policy: the trade-off."""
+    plt = _figure_module()
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=100)
+    for r in results:
+        x, y = float(r.latency_ms.mean()), float(r.energy_j.mean())
+        ax.scatter([x], [y], s=40, color=POLICY_COLORS.get(r.policy), label=r.policy, zorder=3)
+        ax.annotate(r.policy, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.set_xlabel("mean latency, arrival to last token (ms)")
+    ax.set_ylabel("mean device energy per request (J)")
+    ax.grid(True, alpha=0.3)
+    kind = results[0].network_type if results else ""
+    ax.set_title(f"Energy vs latency — {trace} ({kind})", fontsize=10)
+    ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
@@ -309,5 +361,7 @@ def write_outputs(
             plot_cdf(cdf, trace.name, mine)
             timeline = plot_dir / f"{trace.name}_timeline.png"
             plot_timeline(timeline, trace, mine)
-            written += [cdf, timeline]
+            energy = plot_dir / f"{trace.name}_energy.png"
+            plot_energy(energy, trace.name, mine)
+            written += [cdf, timeline, energy]
     return written

@@ -44,6 +44,7 @@ from tandem.policy import (
     payload_bytes,
     slowdown,
 )
+from tandem.policy.energy import RADIOS, RadioState, compute_j, transfer_j
 from tandem.policy.knowledge import (
     AgentKnowledge,
     CallDone,
@@ -52,6 +53,7 @@ from tandem.policy.knowledge import (
     Event,
     ProbeResult,
     ProbeSent,
+    RadioUsed,
     RequestDone,
 )
 from tandem.sim.link import LinkConfig, cloud_call, loses_packet, probe_rtt_ms, rtt_ms_at
@@ -66,6 +68,7 @@ SIM_POLICIES: tuple[str, ...] = (
     "always_cloud",
     "threshold",
     "cost_model",
+    "handoff",
     "oracle",
 )
 
@@ -101,9 +104,16 @@ class Scenario:
     """Fraction of requests flagged ``local_only`` (privacy)."""
     byte_budget: float | None = None
     """Bytes the metered network may carry over the whole run; None: not metered."""
+    network_type: str = "lte"
+    """Radio of a trace whose collection does not say (no ``family`` in its index.csv)."""
     link: LinkConfig = field(default_factory=LinkConfig)
 
     def __post_init__(self) -> None:
+        if self.network_type not in RADIOS:
+            raise ConfigError(
+                f"network type must be one of {', '.join(sorted(RADIOS))}, "
+                f"got {self.network_type!r}"
+            )
         if not self.device_speed_factor > 0:
             raise ConfigError(f"device-speed factor must be > 0, got {self.device_speed_factor}")
         if self.device_lanes < 1:
@@ -164,6 +174,15 @@ class RunResult:
     predicted_local_ms: np.ndarray  # (n,) float64, decision to last token; oracle: actual
     predicted_cloud_ms: np.ndarray  # (n,) float64, idem for the cloud route
     reasons: tuple[str, ...]  # decision reason per request
+    compute_j: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (n,) float64
+    """Device compute energy: power_w x the wall time the request's ONNX runs kept a lane busy."""
+    radio_j: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (n,) float64
+    """Radio energy the request's cloud call added (``policy.energy.transfer_j``)."""
+    network_type: str = "lte"
+
+    @property
+    def energy_j(self) -> np.ndarray:  # (n,) float64
+        return self.compute_j + self.radio_j
 
 
 def _probe_events(trace: Trace, scenario: Scenario, draws: Draws) -> list[ProbeSent | ProbeResult]:
@@ -325,6 +344,15 @@ def simulate(
     pred_local = np.zeros(n)
     pred_cloud = np.full(n, math.inf)
     reasons: list[str] = []
+    busy_ms = np.zeros(n)
+    radio_j = np.zeros(n)
+    network_type = trace.network_type or scenario.network_type
+    radio = RADIOS[network_type]
+    radio_state = RadioState()  # the ledger: what the radio really spent, request by request
+
+    def book(i: int, start_s: float, end_s: float, lane: int) -> None:
+        dev.book(start_s, end_s, lane)
+        busy_ms[i] += max(0.0, end_s - start_s) * 1000.0
 
     senses = _Senses(
         AgentKnowledge(
@@ -332,6 +360,7 @@ def simulate(
             device,
             cloud_batch=scenario.cloud_batch,
             cloud_queue_ms=scenario.cloud_queue_ms,
+            network_type=network_type,
         ),
         _probe_events(trace, scenario, draws) if not oracle else [],
     )
@@ -342,6 +371,7 @@ def simulate(
     for i, req in enumerate(requests):
         dev.forget_before(req.arrival_s)
         t_e, encoder_ms = dev.encode(req.arrival_s, req.src_len)
+        busy_ms[i] = encoder_ms
 
         senses.catch_up(t_e)  # what the agent knows at t_e
 
@@ -349,14 +379,16 @@ def simulate(
             req.src_len, device.hidden_size, cfg.codec, cfg.payload_overhead_bytes
         )
         # The cloud call's timeline if it were made now; what happens is decided below.
+        rtt = rtt_ms_at(trace, link, t_e, float(draws.rtt_jitter[i]))
+        lost = loses_packet(nbytes, link, float(draws.loss_uniform[i]))
         tl = cloud_call(
             trace,
             link,
             t_e,
             nbytes,
             req.steps,
-            rtt_ms=rtt_ms_at(trace, link, t_e, float(draws.rtt_jitter[i])),
-            lost=loses_packet(nbytes, link, float(draws.loss_uniform[i])),
+            rtt_ms=rtt,
+            lost=lost,
             cloud_wait_ms=float(draws.queue_ms[i])
             + cloud.request_overhead_ms
             + cloud.encoder_ms(req.src_len),
@@ -395,9 +427,35 @@ def simulate(
             route, hedge = decision.route, decision.hedge_deadline_ms
 
         # -- play it out ---------------------------------------------------------------------
+        call = None  # (start, end, up bytes, down bytes) of the radio's use
         if route is Route.LOCAL:
             start, finish, lane = dev.decode_slot(t_e, req.steps)
-            dev.book(start, finish, lane)
+            book(i, start, finish, lane)
+        elif route is Route.HANDOFF:
+            went_cloud[i] = True
+            ho = _play_handoff(
+                trace,
+                dev,
+                cloud,
+                cfg,
+                scenario,
+                req.src_len,
+                req.steps,
+                t_e,
+                nbytes,
+                rtt_ms=rtt,
+                lost=lost,
+                queue_ms=float(draws.queue_ms[i]),
+                book=lambda a, b, lane, i=i: book(i, a, b, lane),
+            )
+            finish = ho.finish_s
+            fell_back[i], timed_out[i] = ho.resumed, ho.timed_out
+            sent[i] = ho.up_bytes
+            if budget_left is not None:
+                budget_left -= sent[i]
+            call = (t_e, ho.call_end_s, ho.up_bytes, ho.down_bytes)
+            for event in ho.learnt:
+                senses.later(event)
         else:
             went_cloud[i] = True
             deadline = t_e + deadline_s
@@ -411,7 +469,7 @@ def simulate(
                     timed_out[i] = fell_back[i] = True
                     k = tl.tokens_by(trace, deadline)
                     start, finish, lane = dev.decode_slot(deadline, req.steps, prefix=k)
-                    dev.book(start, finish, lane)
+                    book(i, start, finish, lane)
                     abandon = late = deadline
             else:
                 late = t_hedge
@@ -423,8 +481,9 @@ def simulate(
                     fell_back[i] = True
                     abandon = min(local_end, deadline)
                     timed_out[i] = deadline < local_end
-                dev.book(start, max(start, finish), lane)
+                book(i, start, max(start, finish), lane)
             sent[i] = tl.bytes_up_by(trace, abandon, nbytes)
+            call = (t_e, abandon, sent[i], tl.tokens_by(trace, abandon) * cfg.token_bytes)
             if budget_left is not None:
                 budget_left -= sent[i]
             if not oracle:
@@ -434,7 +493,12 @@ def simulate(
         # The device's fixed per-request cost (its local API, tokenization) is paid whichever
         # route serves the request, outside the compute lanes.
         latency[i] = (finish - req.arrival_s) * 1000.0 + device.request_overhead_ms
+        if call is not None:
+            radio_j[i], radio_state = transfer_j(radio, radio_state, *call)
         if not oracle:
+            if call is not None:
+                start_s, end_s, up, down = call
+                senses.later(RadioUsed(end_s, start_s, up, down))
             senses.later(RequestDone(finish, req.lang, req.src_len, req.steps))
 
     return RunResult(
@@ -449,6 +513,137 @@ def simulate(
         predicted_local_ms=pred_local,
         predicted_cloud_ms=pred_cloud,
         reasons=tuple(reasons),
+        compute_j=np.array([compute_j(device.power_w, ms) for ms in busy_ms]),
+        radio_j=radio_j,
+        network_type=network_type,
+    )
+
+
+@dataclass(frozen=True)
+class _Handoff:
+    """How one HANDOFF request played out."""
+
+    finish_s: float
+    call_end_s: float
+    """When the call stopped holding the radio: its last token, or its cancellation."""
+    up_bytes: float
+    down_bytes: float
+    switched: bool
+    resumed: bool
+    """After the switch the cloud stalled or ran out of time and the device resumed locally."""
+    timed_out: bool
+    learnt: tuple[Event, ...]
+
+
+def _play_handoff(
+    trace: Trace,
+    dev: _Device,
+    cloud: Profile,
+    cfg: PolicyConfig,
+    scenario: Scenario,
+    src_len: int,
+    steps: int,
+    t_e: float,
+    nbytes: int,
+    rtt_ms: float,
+    lost: bool,
+    queue_ms: float,
+    book,
+) -> _Handoff:
+    """Play one HANDOFF (docs/policy.md, "HANDOFF"), exactly as an agent can run it:
+
+    1. at ``t_e`` the device starts decoding at once and the upload of the hidden states starts;
+    2. when the upload has gone through the link, the device sends its prefix — the ``k0``
+       tokens it has decoded by then — and ends its side of the call;
+    3. the cloud waits in its queue, builds its cache, forces the prefix in one pass (costed as
+       an encoder pass over ``k0`` tokens, as the device's own resume is) and decodes tokens
+       ``k0+1 .. n``, streaming them as they are made;
+    4. the device switches to the cloud's stream at the first cloud token it has not decoded
+       itself, and stops decoding; if the local run finishes first, the call is cancelled;
+    5. after the switch, a gap of ``handoff_stall_ms`` without a token, or the call deadline,
+       makes the device resume locally from the tokens it has (prefix-forced).
+    """
+    p = dev.profile
+    start, local_end, lane = dev.decode_slot(t_e, steps)
+    slow = dev.slow(start)
+    local_at = [start + p.decode_ms(k) * slow / 1000.0 for k in range(1, steps + 1)]
+    local_at[-1] = local_end
+    owd = rtt_ms / 2000.0
+    up_end = trace.transfer_end(t_e, nbytes) + (rtt_ms / 1000.0 if lost else 0.0)
+
+    def uploaded_by(t_s: float) -> float:
+        if t_s >= up_end:
+            return float(nbytes)
+        return min(float(nbytes), trace.bytes_between(t_e, t_s))
+
+    if not up_end < local_end:  # the local run is done before the prefix could go: cancel
+        book(start, local_end, lane)
+        return _Handoff(local_end, local_end, uploaded_by(local_end), 0.0, False, False, False, ())
+    k0 = bisect.bisect_right(local_at, up_end)
+    prefix_bytes = cfg.token_bytes + cfg.prefix_token_bytes * k0
+    prefix_end = trace.transfer_end(up_end, prefix_bytes)
+    wait_ms = queue_ms + cloud.request_overhead_ms + cloud.encoder_ms(src_len)
+    if k0:
+        wait_ms += cloud.encoder_ms(k0)
+    decode_start = prefix_end + owd + wait_ms / 1000.0
+    batch = scenario.cloud_batch
+    base = cloud.decode_ms(k0, batch)
+    m = steps - k0
+    arrivals: list[float] = []
+    first_made = decode_start + (cloud.decode_ms(k0 + 1, batch) - base) / 1000.0
+    if math.isfinite(prefix_end):
+        for j in range(1, m + 1):
+            made = decode_start + (cloud.decode_ms(k0 + j, batch) - base) / 1000.0
+            carried = trace.transfer_end(first_made, j * cfg.token_bytes)
+            arrivals.append(max(made, carried) + owd)
+    switch_j = None
+    for j, a in enumerate(arrivals, start=1):
+        if a >= local_end:
+            break
+        if local_at[k0 + j - 1] > a:
+            switch_j = j
+            break
+
+    def up_by(t_s: float) -> float:
+        return uploaded_by(t_s) + (prefix_bytes if prefix_end <= t_s else 0.0)
+
+    def down_by(t_s: float) -> float:
+        return bisect.bisect_right(arrivals, t_s) * cfg.token_bytes
+
+    ttft_ms = (arrivals[0] - t_e) * 1000.0 if arrivals else None
+    done_event = CallDone  # learnt when the call ended well (tokens came, nothing broke)
+    if switch_j is None:
+        book(start, local_end, lane)
+        learnt: tuple[Event, ...] = ()
+        if arrivals and arrivals[0] <= local_end:
+            learnt = (
+                done_event(local_end, nbytes, ttft_ms, up_end - t_e, scenario.cloud_queue_ms),
+            )
+        return _Handoff(
+            local_end, local_end, up_by(local_end), down_by(local_end), False, False, False, learnt
+        )
+    t_sw = arrivals[switch_j - 1]
+    book(start, t_sw, lane)
+    deadline = t_e + cfg.call_deadline_ms / 1000.0
+    stall_s = cfg.handoff_stall_ms / 1000.0
+    cut = None
+    for q in range(switch_j, m + 1):  # after token k0+q has arrived
+        last = arrivals[q - 1]
+        if last > deadline:
+            cut, received, timed_out = deadline, k0 + q - 1, True
+            break
+        if q < m and arrivals[q] - last > stall_s:
+            at = last + stall_s
+            cut, received, timed_out = min(at, deadline), k0 + q, deadline < at
+            break
+    if cut is None:
+        finish = arrivals[-1]
+        learnt = (done_event(finish, nbytes, ttft_ms, up_end - t_e, scenario.cloud_queue_ms),)
+        return _Handoff(finish, finish, up_by(finish), down_by(finish), True, False, False, learnt)
+    start2, finish, lane2 = dev.decode_slot(cut, steps, prefix=received)
+    book(start2, finish, lane2)
+    return _Handoff(
+        finish, cut, up_by(cut), down_by(cut), True, True, timed_out, (CallFailed(cut),)
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tandem.errors import ConfigError
+from tandem.policy.energy import network_type_of
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,9 @@ class Trace:
     rtt_t_s: tuple[float, ...] = ()
     rtt_ms: tuple[float, ...] = ()
     """Measured RTTs (only where the source measured them), held until the next one."""
+    network_type: str | None = None
+    """Radio the trace was recorded on (a key of ``policy.energy.RADIOS``), from the ``family``
+    column of the collection's index; None: not known (the scenario's default applies)."""
     _rate: tuple[float, ...] = field(init=False, repr=False, compare=False)
     _cum: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
@@ -155,18 +160,32 @@ def parse_trace(text: str, name: str, last_row_hold_s: float | None = None) -> T
     )
 
 
-def _holds(directory: Path) -> dict[str, float]:
+def _index_rows(directory: Path) -> list[dict]:
     index = directory / INDEX_FILE
     if not index.exists():
-        return {}
-    holds = {}
+        return []
     with index.open(newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                holds[row["file"]] = float(row["last_row_hold_s"])
-            except (KeyError, TypeError, ValueError):
-                continue
+        return list(csv.DictReader(f))
+
+
+def _holds(directory: Path) -> dict[str, float]:
+    holds = {}
+    for row in _index_rows(directory):
+        try:
+            holds[row["file"]] = float(row["last_row_hold_s"])
+        except (KeyError, TypeError, ValueError):
+            continue
     return holds
+
+
+def _network_types(directory: Path) -> dict[str, str]:
+    """file -> network type, from the index's ``family`` column (LTE, 3G, 5G, broadband)."""
+    types = {}
+    for row in _index_rows(directory):
+        kind = network_type_of(str(row.get("family") or ""))
+        if kind is not None and row.get("file"):
+            types[row["file"]] = kind
+    return types
 
 
 def load_trace(path: Path, last_row_hold_s: float | None = None) -> Trace:
@@ -174,11 +193,16 @@ def load_trace(path: Path, last_row_hold_s: float | None = None) -> Trace:
     path = Path(path)
     if last_row_hold_s is None:
         last_row_hold_s = _holds(path.parent).get(path.name)
+    trace = parse_trace(_read(path), path.stem, last_row_hold_s)
+    kind = _network_types(path.parent).get(path.name)
+    return dataclasses.replace(trace, network_type=kind) if kind else trace
+
+
+def _read(path: Path) -> str:
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read trace {path}: {exc}") from exc
-    return parse_trace(text, path.stem, last_row_hold_s)
 
 
 def is_trace_file(path: Path) -> bool:
@@ -197,12 +221,15 @@ def load_traces(directory: Path) -> list[Trace]:
     if not directory.is_dir():
         raise ConfigError(f"--traces {directory}: not a directory")
     holds = _holds(directory)
+    types = _network_types(directory)
     traces = []
     for path in sorted(directory.glob("*.csv")):
         if not is_trace_file(path):
             log.info("skipping %s: not a trace", path.name)
             continue
-        traces.append(load_trace(path, holds.get(path.name)))
+        trace = parse_trace(_read(path), path.stem, holds.get(path.name))
+        kind = types.get(path.name)
+        traces.append(dataclasses.replace(trace, network_type=kind) if kind else trace)
     if not traces:
         raise ConfigError(f"--traces {directory}: no trace CSV (t_s,bandwidth_mbps[,rtt_ms]) found")
     return traces

@@ -85,6 +85,12 @@ def register(subparsers) -> None:
         "--local-only-share", type=float, default=None, help="share of private requests"
     )
     run.add_argument("--byte-budget", type=float, default=None, help="metered bytes for the run")
+    run.add_argument(
+        "--network-type",
+        choices=("lte", "3g", "5g", "wifi"),
+        default=None,
+        help="radio of a trace whose index.csv has no 'family' (default lte); sets its energy",
+    )
     run.add_argument("--policy-config", type=Path, help="YAML mapping of PolicyConfig fields")
     run.add_argument("--device-profile", type=Path, help="device profile (default: shipped)")
     run.add_argument("--cloud-profile", type=Path, help="cloud profile (default: shipped)")
@@ -175,6 +181,7 @@ def run_command(args: argparse.Namespace) -> int:
             ("rate_per_s", args.rate),
             ("local_only_share", args.local_only_share),
             ("byte_budget", args.byte_budget),
+            ("network_type", args.network_type),
         )
         if v is not None
     }
@@ -209,7 +216,11 @@ def run_command(args: argparse.Namespace) -> int:
         "cloud_profile": {"file": Path(cloud_path).name, "host": cloud.description},
         "run_span_s": round(draws.end_s, 3),
         "traces": {
-            t.name: {"duration_s": t.duration_s, "loops": round(draws.end_s / t.duration_s, 2)}
+            t.name: {
+                "duration_s": t.duration_s,
+                "loops": round(draws.end_s / t.duration_s, 2),
+                "network_type": t.network_type or scenario.network_type,
+            }
             for t in traces
         },
     }

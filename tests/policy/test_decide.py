@@ -180,9 +180,113 @@ def test_more_bandwidth_never_turns_cloud_into_local(o, factor, policy, state, d
 def test_decide_is_total_and_honours_constraints(o, policy, state, device, cloud):
     """Invariant: any valid observation gets a decision; offline and local_only mean LOCAL."""
     d = decide(o, device, cloud, PolicyConfig(policy=policy), state)
-    assert d.route in (Route.LOCAL, Route.CLOUD)
+    assert d.route in (Route.LOCAL, Route.CLOUD, Route.HANDOFF)
+    if policy != "handoff":
+        assert d.route is not Route.HANDOFF
     assert math.isfinite(d.local_ms) and d.local_ms >= 0 and d.cloud_ms >= 0
     if o.local_only or not o.online:
         assert d.route is Route.LOCAL
     if d.hedge_deadline_ms is not None:
         assert d.route is Route.CLOUD and d.hedge_deadline_ms > 0
+
+
+def test_handoff_races_when_the_routes_are_close_and_commits_when_one_clearly_wins(device, cloud):
+    cfg = PolicyConfig(policy="handoff", handoff_band=0.5)
+    close = decide(obs(predicted_tokens=12.0, predicted_tokens_sd=1.0), device, cloud, cfg)
+    assert close.route is Route.HANDOFF and close.reason == "handoff_faster"
+    assert close.handoff_ms is not None and close.handoff_ms <= close.local_ms
+    assert close.hedge_deadline_ms is None
+    slow_link = obs(predicted_tokens=12.0, uplink_bps=20e3, uplink_low_bps=10e3)
+    assert decide(slow_link, device, cloud, cfg).route is Route.LOCAL
+
+
+def test_handoff_races_through_an_outage_only_the_detector_declares(device, cloud):
+    cfg = PolicyConfig(policy="handoff")
+    d = decide(obs(online=False, outage_detected=True), device, cloud, cfg)
+    assert d.route is Route.HANDOFF and d.reason == "outage_race"
+    # not for the other objectives (a race through an outage spends the radio for nothing),
+    # and never when the breaker is open or the device has no connectivity
+    energy = PolicyConfig(policy="handoff", objective="min_energy")
+    assert decide(obs(online=False, outage_detected=True), device, cloud, energy).route is (
+        Route.LOCAL
+    )
+    opened = obs(online=False, outage_detected=True, breaker_open=True)
+    assert decide(opened, device, cloud, cfg).reason == "breaker_open"
+    assert decide(obs(online=False), device, cloud, cfg).reason == "offline"
+
+
+def test_handoff_prices_latency_energy_and_bytes(device, cloud):
+    c = predict_costs(obs(predicted_tokens=12.0, radio_idle_s=2.0), device, cloud, PolicyConfig())
+    assert c.handoff_ms <= c.local_ms
+    assert c.handoff_bytes > c.payload_bytes  # the prefix travels too
+    assert 0 < c.local_j < c.cloud_j  # an LTE radio's tail outweighs 60 ms of compute
+    assert c.handoff_j > 0
+
+
+def test_a_radio_in_its_tail_makes_the_cloud_cheaper(device, cloud):
+    cfg = PolicyConfig()
+    idle = predict_costs(obs(radio_idle_s=None), device, cloud, cfg)
+    tail = predict_costs(obs(radio_idle_s=1.0), device, cloud, cfg)
+    assert tail.cloud_j < idle.cloud_j and tail.local_j == idle.local_j
+
+
+def test_min_energy_takes_the_cheapest_route_within_the_latency_budget(device, cloud):
+    o = obs(predicted_tokens=12.0, predicted_tokens_sd=1.0, radio_idle_s=None)
+    c = predict_costs(o, device, cloud, PolicyConfig())
+    fastest = min(c.local_ms, c.cloud_ms, c.handoff_ms)
+    wide = PolicyConfig(policy="handoff", objective="min_energy", latency_budget_factor=10.0)
+    d = decide(o, device, cloud, wide)
+    assert d.route is Route.LOCAL and d.reason == "least_energy"
+    assert d.energy_j == pytest.approx(c.local_j)
+    tight = PolicyConfig(policy="cost_model", objective="min_energy", latency_budget_factor=1.0)
+    d = decide(o, device, cloud, tight)
+    assert (d.local_ms if d.route is Route.LOCAL else d.cloud_ms) == pytest.approx(
+        min(c.local_ms, c.cloud_ms)
+    )
+    assert fastest <= min(c.local_ms, c.cloud_ms)
+
+
+def test_weighted_objective_trades_latency_for_energy_and_bytes(device, cloud):
+    o = obs(predicted_tokens=60.0, radio_idle_s=None)
+    assert decide(o, device, cloud, PolicyConfig(objective="weighted")).route is Route.CLOUD
+    heavy = PolicyConfig(objective="weighted", energy_weight_ms_per_j=1000.0)
+    assert decide(o, device, cloud, heavy).route is Route.LOCAL
+    metered = PolicyConfig(objective="weighted", bytes_weight_ms_per_mb=1e6)
+    assert decide(o, device, cloud, metered).route is Route.LOCAL
+
+
+def test_objective_and_weights_are_checked():
+    from tandem.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="objective"):
+        PolicyConfig(objective="fastest")
+    with pytest.raises(ConfigError, match="latency_budget_factor"):
+        PolicyConfig(latency_budget_factor=0.9)
+    with pytest.raises(ConfigError, match="energy_weight_ms_per_j"):
+        PolicyConfig(energy_weight_ms_per_j=-1)
+
+
+def test_min_energy_with_a_mean_budget_spends_credit_saved_by_earlier_requests(device, cloud):
+    """Invariant: the credit never goes negative, and the chosen routes' predicted latencies
+    never exceed factor x the fastest ones' plus nothing borrowed: summed over requests, the
+    budget holds."""
+    cfg = PolicyConfig(objective="min_energy", latency_budget_scope="mean")
+    strict = dataclasses.replace(cfg, latency_budget_scope="request")
+    long_output = obs(predicted_tokens=40.0, radio_idle_s=None)
+    # no credit yet: as strict as the per-request budget
+    assert (
+        decide(long_output, device, cloud, cfg).route
+        is decide(long_output, device, cloud, strict).route
+    )
+    state, chosen, fastest = PolicyState(), 0.0, 0.0
+    for _ in range(30):
+        d = decide(long_output, device, cloud, cfg, state)
+        state = remember(state, d)
+        assert state.latency_credit_ms >= 0
+        chosen += d.local_ms if d.route is Route.LOCAL else d.cloud_ms
+        fastest += min(d.local_ms, d.cloud_ms)
+    assert chosen <= 1.15 * fastest + 1e-6
+    routes = set()
+    state = PolicyState(latency_credit_ms=1e6)
+    routes.add(decide(long_output, device, cloud, cfg, state).route)
+    assert routes == {Route.LOCAL}  # with credit to spend, the cheaper route wins

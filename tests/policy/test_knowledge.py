@@ -124,3 +124,35 @@ def test_apply_is_the_method_of_each_event(device):
     assert held.observations(5.0, 8, "de", 1.0) == called.observations(5.0, 8, "de", 1.0)
     with pytest.raises(TypeError, match="not a knowledge event"):
         held.apply(("probe", 1.0))
+
+
+def test_the_radio_state_is_known_and_priced_across_requests(device):
+    from tandem.policy.energy import RADIOS
+    from tandem.policy.knowledge import NetworkTypeSeen, RadioUsed
+
+    k = AgentKnowledge(PolicyConfig(), device, network_type="3g")
+    assert k.observations(1.0, 10, "en", 1.0).radio_idle_s is None
+    first = k.radio_used(1.0, 1.2, 4000, 400)
+    radio = RADIOS["3g"]
+    assert first == pytest.approx(
+        radio.promotion_j + radio.active_j(0.2, 4000, 400) + radio.tail_j()
+    )
+    obs = k.observations(3.2, 10, "en", 1.0)
+    assert obs.network_type == "3g" and obs.radio_idle_s == pytest.approx(2.0)
+    # a held event is the same as the call
+    k.apply(RadioUsed(3.5, 3.2, 4000, 400))
+    assert k.radio.last_end_s == 3.5
+    k.apply(NetworkTypeSeen(4.0, "wifi"))
+    assert k.observations(4.0, 10, "en", 1.0).network_type == "wifi"
+    with pytest.raises(ValueError, match="network_type"):
+        k.network_type_seen(5.0, "carrier-pigeon")
+
+
+def test_an_outage_the_detector_declares_is_told_apart_from_no_cloud(device):
+    k = AgentKnowledge(PolicyConfig(), device)
+    k.probe_result(1.0, None)
+    k.probe_result(2.0, None)
+    obs = k.observations(2.0, 10, "en", 1.0)
+    assert not obs.online and obs.outage_detected
+    none = k.observations(2.0, 10, "en", 1.0, has_cloud=False)
+    assert not none.online and not none.outage_detected

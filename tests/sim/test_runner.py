@@ -177,3 +177,62 @@ def test_the_simulated_agent_learns_from_a_call_only_what_the_real_one_can():
     events.clear()
     _learn_call(learn, slow_stream, 0.0, 4000, late=None, abandon=2.5, done=2.5, queue_ms=5.0)
     assert events == [CallDone(2.5, 4000, ttft_ms=1000.0, upload_s=0.5, queue_ms=5.0)]
+
+
+def test_handoff_is_never_slower_than_the_local_run_it_races(trace, device, cloud_profile, draws):
+    """HANDOFF decodes locally at once, so without a stall after the switch no request can
+    finish later than its own local run would (the same draws give the same lanes until the
+    first difference in booking, so compare means, and every request against the oracle's
+    local prediction where no fallback happened)."""
+    handoff = run(trace, "handoff", draws, device, cloud_profile)
+    local = run(trace, "always_local", draws, device, cloud_profile)
+    oracle = run(trace, "oracle", draws, device, cloud_profile)
+    assert handoff.latency_ms.mean() <= local.latency_ms.mean()
+    assert handoff.latency_ms.mean() <= oracle.latency_ms.mean() * 1.03
+    assert "handoff_faster" in handoff.reasons
+    assert handoff.cloud.any() and handoff.bytes_up.sum() > 0
+
+
+def test_every_request_books_its_energy(trace, device, cloud_profile, draws):
+    local = run(trace, "always_local", draws, device, cloud_profile)
+    cloud = run(trace, "always_cloud", draws, device, cloud_profile)
+    handoff = run(trace, "handoff", draws, device, cloud_profile)
+    assert (local.radio_j == 0).all() and (local.compute_j > 0).all()
+    # compute = power_w x the lanes' busy time: LOCAL decodes, CLOUD only encodes
+    assert cloud.compute_j.mean() < local.compute_j.mean()
+    assert cloud.radio_j.sum() > 0 and handoff.radio_j.sum() > 0
+    assert np.allclose(handoff.energy_j, handoff.compute_j + handoff.radio_j)
+    # the ledger adds up to the radio's whole timeline: never more than promotion + tail per
+    # call plus the active time, and the first call pays the promotion
+    from tandem.policy.energy import RADIOS
+
+    lte = RADIOS["lte"]
+    first = int(np.argmax(cloud.radio_j > 0))
+    assert cloud.radio_j[first] >= lte.promotion_j + lte.tail_j()
+
+
+def test_min_energy_spends_less_of_the_battery_than_the_latency_objective(
+    trace, device, cloud_profile, draws
+):
+    fast = run(trace, "cost_model", draws, device, cloud_profile)
+    thrifty = run(
+        trace,
+        "cost_model",
+        draws,
+        device,
+        cloud_profile,
+        cfg=PolicyConfig(objective="min_energy", latency_budget_factor=2.0),
+    )
+    assert thrifty.energy_j.mean() < fast.energy_j.mean()
+    assert thrifty.latency_ms.mean() <= 2.0 * fast.latency_ms.mean()
+
+
+def test_the_network_type_sets_the_radio(trace, device, cloud_profile, draws):
+    wifi = dataclasses.replace(trace, network_type="wifi")
+    a = run(wifi, "always_cloud", draws, device, cloud_profile)
+    b = run(trace, "always_cloud", draws, device, cloud_profile)
+    assert a.network_type == "wifi" and b.network_type == "lte"
+    assert a.radio_j.mean() < b.radio_j.mean()
+    assert np.array_equal(a.latency_ms, b.latency_ms)  # energy only; latency is the trace's
+    g3 = run(trace, "always_cloud", draws, device, cloud_profile, Scenario(network_type="3g"))
+    assert g3.network_type == "3g"

@@ -50,12 +50,13 @@ def test_writes_summary_files_with_stable_keys_and_identical_reruns(traces_dir, 
     a = (tmp_path / "a" / "summary.csv").read_bytes()
     assert a == (tmp_path / "b" / "summary.csv").read_bytes()
     rows = json.loads((tmp_path / "a" / "summary.json").read_text())
-    assert len(rows) == 2 * 5
+    assert len(rows) == 2 * 6
     assert {r["policy"] for r in rows} == {
         "always_local",
         "always_cloud",
         "threshold",
         "cost_model",
+        "handoff",
         "oracle",
     }
     assert {r["trace"] for r in rows} == {"steady", "gappy"}
@@ -73,6 +74,7 @@ def test_policies_subset_and_plots(traces_dir, tmp_path):
     assert [r["policy"] for r in rows] == ["cost_model", "always_cloud"] * 2
     assert (out / "plots" / "gappy_cdf.png").stat().st_size > 1000
     assert (out / "plots" / "gappy_timeline.png").stat().st_size > 1000
+    assert (out / "plots" / "gappy_energy.png").stat().st_size > 1000
 
 
 def test_without_traces_it_explains_where_to_get_them(capsys):

@@ -84,6 +84,17 @@ def test_load_traces_skips_non_trace_csvs_and_uses_the_index_hold(tmp_path):
         load_traces(tmp_path / "empty")
 
 
+def test_the_index_family_sets_each_traces_network_type(tmp_path):
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / f"{name}.csv").write_text("t_s,bandwidth_mbps\n0,1\n1,2\n")
+    (tmp_path / "index.csv").write_text(
+        "file,family,last_row_hold_s\na.csv,LTE,1\nb.csv,3G,1\nc.csv,broadband,1\n"
+    )
+    kinds = {t.name: t.network_type for t in load_traces(tmp_path)}
+    assert kinds == {"a": "lte", "b": "3g", "c": "wifi", "d": None}
+    assert load_trace(tmp_path / "b.csv").network_type == "3g"
+
+
 def test_shared_traces_load_with_their_documented_durations():
     folder = shared_traces_dir()
     if not (folder / "index.csv").exists():
@@ -95,3 +106,4 @@ def test_shared_traces_load_with_their_documented_durations():
         assert trace.duration_s == pytest.approx(float(row["duration_s"]), abs=0.05), name
         mean = trace.total_bytes * 8 / 1e6 / trace.duration_s
         assert mean == pytest.approx(float(row["mean_mbps"]), rel=0.01), name
+        assert trace.network_type in ("lte", "3g", "5g", "wifi"), name

@@ -30,13 +30,14 @@ import numpy as np
 from tandem import wire
 from tandem.defaults import PROFILES_DIR, bundle_path
 from tandem.edge.breaker import BreakerConfig, BreakerState, CircuitBreaker
-from tandem.edge.cloud_client import CloudClient, CloudOutcome, HandoffUnsupported
+from tandem.edge.cloud_client import CloudClient
 from tandem.edge.config import EdgeConfig
+from tandem.edge.learning import AgentLearning
 from tandem.edge.metrics import EdgeMetrics
 from tandem.edge.probes import DeviceLoadProbe, ping_on_beat
 from tandem.edge.race import HandoffRace, LocalDecode, Piece, Race, SentCall
 from tandem.edge.stream_check import StreamLimits
-from tandem.errors import CloudDeadline, CloudError, CloudViolation, InputError
+from tandem.errors import CloudError, InputError
 from tandem.policy import Decision, Observations, Profile, Route, decide
 from tandem.policy.knowledge import AgentKnowledge
 from tandem.runtime import codec as codec_mod
@@ -90,12 +91,12 @@ def _load_profile(path: str | Path, where: str) -> Profile:
     return Profile.from_dict(read_yaml(path, where), where=str(path))
 
 
-class Agent:
+class Agent(AgentLearning):
     """One per device: the model, the probes, what it knows, the breaker and the cloud client.
 
-    Every measurement reaches ``self.knowledge`` through one of the methods under "what the
-    agent learns", at the agent's clock (``clock``, monotonic seconds); the knowledge is shared
-    by request threads and the pinger, hence one lock around it.
+    Every measurement reaches ``self.knowledge`` through one of the learning entry points
+    (``AgentLearning``, edge/learning.py), at the agent's clock (``clock``, monotonic seconds);
+    the knowledge is shared by request threads and the pinger, hence one lock around it.
     """
 
     def __init__(self, config: EdgeConfig, model: Seq2Seq | None = None, clock=time.monotonic):
@@ -126,7 +127,6 @@ class Agent:
         )
         self.cloud: CloudClient | None = None
         self._handoff_supported = True
-        """False once a replica answered a Handoff with UNIMPLEMENTED."""
         if config.cloud.enabled:
             # Every cloud stream is checked against this bundle (edge/stream_check.py).
             self.cloud = CloudClient(
@@ -273,9 +273,10 @@ class Agent:
             deadline = min(deadline, request.deadline_s)
         return max(deadline, 0.05)
 
-    def _cloud(self, rid, ids, hidden, params, decision, outcome, request) -> Iterator[Piece]:
+    def _decode_request(self, rid, ids, hidden, params: GenerationParams):
+        """The DecodeRequest both CLOUD and HANDOFF send: the encoder's output in our codec."""
         enc = codec_mod.encode(hidden, self.codec, self.compression)
-        message = wire.build_decode_request(
+        return wire.build_decode_request(
             request_id=rid,
             model_fingerprint=self.model.fingerprint,
             hidden_states=enc,
@@ -283,6 +284,9 @@ class Agent:
             max_new_tokens=params.max_new_tokens,
             forced_first_token=params.forced_first_token,
         )
+
+    def _cloud(self, rid, ids, hidden, params, decision, outcome, request) -> Iterator[Piece]:
+        message = self._decode_request(rid, ids, hidden, params)
         call = self.cloud.call(message, self._deadline_s(decision, request))
         sent = SentCall(call, rid, self.clock(), message.ByteSize())
         hedge_ms = decision.hedge_deadline_ms  # None: no hedge, only the first-token timeout
@@ -298,15 +302,7 @@ class Agent:
     def _handoff(self, rid, ids, hidden, params, decision, outcome, request) -> Iterator[Piece]:
         """HANDOFF: local decoding at once, the upload in parallel, the cloud continuing from
         the device's progress (``tandem.edge.race.HandoffRace``)."""
-        enc = codec_mod.encode(hidden, self.codec, self.compression)
-        message = wire.build_decode_request(
-            request_id=rid,
-            model_fingerprint=self.model.fingerprint,
-            hidden_states=enc,
-            source_length=len(ids),
-            max_new_tokens=params.max_new_tokens,
-            forced_first_token=params.forced_first_token,
-        )
+        message = self._decode_request(rid, ids, hidden, params)
         call = self.cloud.handoff(message, self._deadline_s(decision, request))
         sent = SentCall(call, rid, self.clock(), message.ByteSize())
         settings = self.config.cloud
@@ -325,86 +321,3 @@ class Agent:
         outcome.route, outcome.ids, outcome.finish = result.route, result.ids, result.finish
         outcome.fallbacks.extend(result.fallbacks)
         outcome.first_token_ms, outcome.upload_ms = result.first_token_ms, result.upload_ms
-
-    # -- what the agent learns (each at the agent's clock, into self.knowledge) -------------
-
-    def _learn(self, event, *args, **kwargs):
-        """``AgentKnowledge.<event>(knowledge, now, ...)`` under the lock; publish the estimates."""
-        now = self.clock()
-        with self._lock:
-            result = event(self.knowledge, now, *args, **kwargs)
-            est = self.knowledge.estimate(now)
-        self.metrics.estimates(est, self.breaker.state(now))
-        return result
-
-    def probe_sent(self) -> None:
-        self._learn(AgentKnowledge.probe_sent)
-
-    def probe_result(self, rtt_ms: float | None) -> None:
-        self._learn(AgentKnowledge.probe_result, rtt_ms)
-
-    def call_late(self, sent: SentCall, abandoned: bool) -> None:
-        self._learn(AgentKnowledge.call_late, sent.sent_s, sent.nbytes)
-        if abandoned:
-            self.breaker.record_failure(self.clock())
-
-    def call_done(self, sent: SentCall, result: CloudOutcome) -> float:
-        final = result.final  # the service's report: its queue wait and decoding time
-        upload_ms = self._learn(
-            AgentKnowledge.call_done,
-            sent.nbytes,
-            result.ttft_s * 1000 if result.ttft_s is not None else None,
-            queue_ms=final.queue_ms if final is not None else None,
-            first_step_ms=final.decode_ms / max(final.token_count, 1) if final else 0.0,
-        )
-        self.breaker.record_success(self.clock())
-        return upload_ms
-
-    def handoff_done(
-        self, sent: SentCall, accepted_s: float | None, result: CloudOutcome | None
-    ) -> float:
-        """A Handoff ended well. What it teaches is a completed call's: the acknowledgement
-        is the first answer (upload + RTT, no decoding step before it), the final event the
-        queue report. Local decoding winning before the upload landed teaches nothing: the
-        call was not late, just not needed."""
-        if accepted_s is None:
-            return 0.0
-        final = result.final if result is not None else None
-        upload_ms = self._learn(
-            AgentKnowledge.call_done,
-            sent.nbytes,
-            (accepted_s - sent.sent_s) * 1000,
-            queue_ms=final.queue_ms if final is not None else None,
-        )
-        self.breaker.record_success(self.clock())
-        return upload_ms
-
-    def call_failed(self, sent: SentCall, error: Exception) -> None:
-        if isinstance(error, HandoffUnsupported):
-            # An older replica, not a failing one: no breaker failure, no lost call.
-            if self._handoff_supported:
-                log.warning("the cloud has no Handoff; HANDOFF goes by Decode instead")
-            self._handoff_supported = False
-            return
-        if isinstance(error, CloudViolation):  # the replica broke the contract: its fault
-            self.metrics.violation(error.reason)
-            log.warning(
-                "cloud violation",
-                extra={
-                    "request_id": sent.request_id,
-                    "replica": error.replica,
-                    "violation": error.reason,
-                    "tokens": len(error.tokens),
-                },
-            )
-        if isinstance(error, CloudDeadline):
-            # No token before the deadline: the same news as our own first-token timeout
-            # (which fires at about the same moment when the two are equal).
-            self._learn(AgentKnowledge.call_late, sent.sent_s, sent.nbytes)
-        else:
-            self._learn(AgentKnowledge.call_failed)
-        self.breaker.record_failure(self.clock())
-
-    def request_done(self, target: str | None, src_len: int, ids: list[int], finish: str) -> None:
-        steps = len(ids) + (finish == "eos")  # decoder steps, EOS included
-        self._learn(AgentKnowledge.request_done, target or "", src_len, steps)

@@ -1,0 +1,122 @@
+"""What the edge agent learns: the one door every measurement takes into its knowledge.
+
+Probes (``edge/probes.py``), the race between cloud and local decoding (``edge/race.py``,
+through its ``Learner`` protocol) and the finished request each report here; each event reaches
+``AgentKnowledge`` at the agent's clock, under the agent's lock (request threads and the pinger
+share the knowledge), and the estimates it implies are published as metrics. The same events,
+by the same names, are what the simulator derives from its link model, so a simulated agent
+learns what a real one would.
+
+A mixin rather than an object of its own: the tests and the race call these methods on the
+agent, and they swap ``agent.knowledge`` for a fresh one, which must be the one learnt into.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from tandem.edge.breaker import CircuitBreaker
+from tandem.edge.cloud_client import CloudOutcome, HandoffUnsupported
+from tandem.edge.metrics import EdgeMetrics
+from tandem.edge.race import SentCall
+from tandem.errors import CloudDeadline, CloudViolation
+from tandem.policy.knowledge import AgentKnowledge
+
+log = logging.getLogger("tandem.edge.agent")  # the agent's log, as before the split
+
+__all__ = ["AgentLearning"]
+
+
+class AgentLearning:
+    """The agent's learning entry points; ``Agent`` sets the attributes below."""
+
+    clock: Callable[[], float]
+    _lock: threading.Lock
+    knowledge: AgentKnowledge
+    metrics: EdgeMetrics
+    breaker: CircuitBreaker
+    _handoff_supported: bool
+    """False once a replica answered a Handoff with UNIMPLEMENTED."""
+
+    def _learn(self, event, *args, **kwargs):
+        """``AgentKnowledge.<event>(knowledge, now, ...)`` under the lock; publish the estimates."""
+        now = self.clock()
+        with self._lock:
+            result = event(self.knowledge, now, *args, **kwargs)
+            est = self.knowledge.estimate(now)
+        self.metrics.estimates(est, self.breaker.state(now))
+        return result
+
+    def probe_sent(self) -> None:
+        self._learn(AgentKnowledge.probe_sent)
+
+    def probe_result(self, rtt_ms: float | None) -> None:
+        self._learn(AgentKnowledge.probe_result, rtt_ms)
+
+    def call_late(self, sent: SentCall, abandoned: bool) -> None:
+        self._learn(AgentKnowledge.call_late, sent.sent_s, sent.nbytes)
+        if abandoned:
+            self.breaker.record_failure(self.clock())
+
+    def call_done(self, sent: SentCall, result: CloudOutcome) -> float:
+        final = result.final  # the service's report: its queue wait and decoding time
+        upload_ms = self._learn(
+            AgentKnowledge.call_done,
+            sent.nbytes,
+            result.ttft_s * 1000 if result.ttft_s is not None else None,
+            queue_ms=final.queue_ms if final is not None else None,
+            first_step_ms=final.decode_ms / max(final.token_count, 1) if final else 0.0,
+        )
+        self.breaker.record_success(self.clock())
+        return upload_ms
+
+    def handoff_done(
+        self, sent: SentCall, accepted_s: float | None, result: CloudOutcome | None
+    ) -> float:
+        """A Handoff ended well. What it teaches is a completed call's: the acknowledgement
+        is the first answer (upload + RTT, no decoding step before it), the final event the
+        queue report. Local decoding winning before the upload landed teaches nothing: the
+        call was not late, just not needed."""
+        if accepted_s is None:
+            return 0.0
+        final = result.final if result is not None else None
+        upload_ms = self._learn(
+            AgentKnowledge.call_done,
+            sent.nbytes,
+            (accepted_s - sent.sent_s) * 1000,
+            queue_ms=final.queue_ms if final is not None else None,
+        )
+        self.breaker.record_success(self.clock())
+        return upload_ms
+
+    def call_failed(self, sent: SentCall, error: Exception) -> None:
+        if isinstance(error, HandoffUnsupported):
+            # An older replica, not a failing one: no breaker failure, no lost call.
+            if self._handoff_supported:
+                log.warning("the cloud has no Handoff; HANDOFF goes by Decode instead")
+            self._handoff_supported = False
+            return
+        if isinstance(error, CloudViolation):  # the replica broke the contract: its fault
+            self.metrics.violation(error.reason)
+            log.warning(
+                "cloud violation",
+                extra={
+                    "request_id": sent.request_id,
+                    "replica": error.replica,
+                    "violation": error.reason,
+                    "tokens": len(error.tokens),
+                },
+            )
+        if isinstance(error, CloudDeadline):
+            # No token before the deadline: the same news as our own first-token timeout
+            # (which fires at about the same moment when the two are equal).
+            self._learn(AgentKnowledge.call_late, sent.sent_s, sent.nbytes)
+        else:
+            self._learn(AgentKnowledge.call_failed)
+        self.breaker.record_failure(self.clock())
+
+    def request_done(self, target: str | None, src_len: int, ids: list[int], finish: str) -> None:
+        steps = len(ids) + (finish == "eos")  # decoder steps, EOS included
+        self._learn(AgentKnowledge.request_done, target or "", src_len, steps)

@@ -3,7 +3,9 @@
 Replays real bandwidth traces (``trace``, ``link``), a device load series (``load``) and a
 workload drawn from the default model's data (``workload``) through the very policy code the
 edge agent runs (``tandem.policy``), and reports latency, cloud share, bytes and regret against
-a hindsight oracle (``runner``, ``report``). See docs/simulation.md.
+a hindsight oracle (``runner``, ``report``). The runner plays each request on the simulated
+device (``device``), races a HANDOFF (``handoff``) and feeds the agent what it would have
+measured (``senses``). See docs/simulation.md.
 """
 
 from __future__ import annotations

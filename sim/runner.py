@@ -26,9 +26,7 @@ between policies are not noise from different requests.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
-import heapq
 import logging
 import math
 from dataclasses import dataclass, field
@@ -42,22 +40,20 @@ from tandem.policy import (
     Route,
     decide,
     payload_bytes,
-    slowdown,
 )
 from tandem.policy.energy import RADIOS, RadioState, compute_j, transfer_j
 from tandem.policy.knowledge import (
     AgentKnowledge,
-    CallDone,
-    CallFailed,
-    CallLate,
-    Event,
     ProbeResult,
     ProbeSent,
     RadioUsed,
     RequestDone,
 )
+from tandem.sim.device import Device
+from tandem.sim.handoff import play_handoff
 from tandem.sim.link import LinkConfig, cloud_call, loses_packet, probe_rtt_ms, rtt_ms_at
 from tandem.sim.load import LOAD_KINDS, LoadSeries, make_load
+from tandem.sim.senses import Senses, learn_call
 from tandem.sim.trace import Trace
 from tandem.sim.workload import Workload, make_workload
 
@@ -76,9 +72,6 @@ DEVICE_SPEED_FACTOR = 5.0
 """Default device-speed factor: a mid-range phone's CPU takes ~5x a server core's time per
 decoder step (rationale and sources in ``docs/simulation.md``, "The simulated world (default
 scenario)")."""
-
-DEVICE_MAX_LOAD = 0.9
-"""The simulated device never gives local decoding less than 10% of its CPU."""
 
 
 @dataclass(frozen=True)
@@ -202,117 +195,6 @@ def _probe_events(trace: Trace, scenario: Scenario, draws: Draws) -> list[ProbeS
     return events
 
 
-class _Senses:
-    """The simulated agent's senses: each event reaches its ``AgentKnowledge`` at the instant
-    the agent would learn it, never earlier.
-
-    Probes come from a list in time order; everything else (a call turning late, a call's
-    end, a finished request) is known when the request is played out but happens later, so
-    it waits in a queue until the next decision's time passes it. On a tie a probe goes
-    first, then events in the order they were queued.
-    """
-
-    def __init__(self, knowledge: AgentKnowledge, probes: list[ProbeSent | ProbeResult]) -> None:
-        self.knowledge = knowledge
-        self._probes = probes
-        self._next_probe = 0
-        self._pending: list[tuple[float, int, Event]] = []  # heap of (time, seq, event)
-        self._seq = 0
-
-    def later(self, event: Event) -> None:
-        heapq.heappush(self._pending, (event.t_s, self._seq, event))
-        self._seq += 1
-
-    def catch_up(self, t_s: float) -> None:
-        """Deliver every event at or before ``t_s``, in time order."""
-        probes, pending = self._probes, self._pending
-        while True:
-            t_probe = probes[self._next_probe].t_s if self._next_probe < len(probes) else math.inf
-            t_heap = pending[0][0] if pending else math.inf
-            if min(t_probe, t_heap) > t_s:
-                return
-            if t_probe <= t_heap:
-                self.knowledge.apply(probes[self._next_probe])
-                self._next_probe += 1
-            else:
-                self.knowledge.apply(heapq.heappop(pending)[2])
-
-
-class _Device:
-    """The device's compute lanes: encoder passes and decoder runs, each unpreempted on one lane.
-
-    ``lanes`` runs can proceed at once at full speed (a phone runs one inference per big-core
-    cluster or so); a run that finds every lane busy waits. Work is booked as busy intervals.
-    Requests are played in arrival order, but a fallback or hedge books its local run at a
-    future instant (a deadline); a later request's encoder may still use the gap before it, as
-    it would on a real device. Intervals that ended before the current request are forgotten.
-    """
-
-    def __init__(self, profile: Profile, load: LoadSeries, lanes: int) -> None:
-        self.profile = profile
-        self.load = load
-        self.lanes: list[list[tuple[float, float]]] = [[] for _ in range(lanes)]
-
-    def slow(self, t_s: float) -> float:
-        return slowdown(self.load.at(t_s), DEVICE_MAX_LOAD)
-
-    def forget_before(self, t_s: float) -> None:
-        for busy in self.lanes:
-            while busy and busy[0][1] <= t_s:
-                busy.pop(0)
-
-    def slot(self, earliest_s: float, duration) -> tuple[float, float, int]:
-        """Earliest (start, end, lane) at or after ``earliest_s`` fitting ``duration(start)`` s."""
-        best = None
-        for lane, busy in enumerate(self.lanes):
-            t = earliest_s
-            for start, end in busy:
-                if end <= t:
-                    continue
-                if t + duration(t) <= start:
-                    break
-                t = end
-            if best is None or t < best[0]:
-                best = (t, t + duration(t), lane)
-        return best
-
-    def book(self, start_s: float, end_s: float, lane: int) -> None:
-        if end_s > start_s:
-            bisect.insort(self.lanes[lane], (start_s, end_s))
-
-    def free_from(self, t_s: float) -> float:
-        """First instant at or after ``t_s`` when some lane is idle."""
-        best = math.inf
-        for busy in self.lanes:
-            t = t_s
-            for start, end in busy:
-                if start <= t < end:
-                    t = end
-            best = min(best, t)
-        return best
-
-    def encode(self, arrival_s: float, src_len: int) -> tuple[float, float]:
-        """Run the encoder; returns (end time, measured ms) — the agent times its encoder."""
-        ms = self.profile.encoder_ms(src_len)
-        start, end, lane = self.slot(arrival_s, lambda t: ms * self.slow(t) / 1000.0)
-        self.book(start, end, lane)
-        return end, (end - start) * 1000.0
-
-    def decode_s(self, start_s: float, steps: int, prefix: int = 0) -> float:
-        """Seconds to decode ``steps`` steps starting at ``start_s``, the first ``prefix`` of
-        them forced from received tokens in one pass (costed like an encoder pass)."""
-        p = self.profile
-        ms = p.decode_ms(steps) - p.decode_ms(prefix)
-        if prefix:
-            ms += p.encoder_ms(prefix)
-        return ms * self.slow(start_s) / 1000.0
-
-    def decode_slot(
-        self, earliest_s: float, steps: int, prefix: int = 0
-    ) -> tuple[float, float, int]:
-        return self.slot(earliest_s, lambda t: self.decode_s(t, steps, prefix))
-
-
 def simulate(
     trace: Trace,
     policy: str,
@@ -335,7 +217,7 @@ def simulate(
     requests = draws.workload.requests
     n = len(requests)
     link = scenario.link
-    dev = _Device(device, draws.load, scenario.device_lanes)
+    dev = Device(device, draws.load, scenario.device_lanes)
     latency = np.zeros(n)
     went_cloud = np.zeros(n, dtype=bool)
     fell_back = np.zeros(n, dtype=bool)
@@ -354,7 +236,7 @@ def simulate(
         dev.book(start_s, end_s, lane)
         busy_ms[i] += max(0.0, end_s - start_s) * 1000.0
 
-    senses = _Senses(
+    senses = Senses(
         AgentKnowledge(
             cfg,
             device,
@@ -433,12 +315,13 @@ def simulate(
             book(i, start, finish, lane)
         elif route is Route.HANDOFF:
             went_cloud[i] = True
-            ho = _play_handoff(
+            ho = play_handoff(
                 trace,
                 dev,
                 cloud,
                 cfg,
-                scenario,
+                scenario.cloud_batch,
+                scenario.cloud_queue_ms,
                 req.src_len,
                 req.steps,
                 t_e,
@@ -487,7 +370,7 @@ def simulate(
             if budget_left is not None:
                 budget_left -= sent[i]
             if not oracle:
-                _learn_call(
+                learn_call(
                     senses.later, tl, t_e, nbytes, late, abandon, done, scenario.cloud_queue_ms
                 )
         # The device's fixed per-request cost (its local API, tokenization) is paid whichever
@@ -519,159 +402,8 @@ def simulate(
     )
 
 
-@dataclass(frozen=True)
-class _Handoff:
-    """How one HANDOFF request played out."""
-
-    finish_s: float
-    call_end_s: float
-    """When the call stopped holding the radio: its last token, or its cancellation."""
-    up_bytes: float
-    down_bytes: float
-    switched: bool
-    resumed: bool
-    """After the switch the cloud stalled or ran out of time and the device resumed locally."""
-    timed_out: bool
-    learnt: tuple[Event, ...]
-
-
-def _play_handoff(
-    trace: Trace,
-    dev: _Device,
-    cloud: Profile,
-    cfg: PolicyConfig,
-    scenario: Scenario,
-    src_len: int,
-    steps: int,
-    t_e: float,
-    nbytes: int,
-    rtt_ms: float,
-    lost: bool,
-    queue_ms: float,
-    book,
-) -> _Handoff:
-    """Play one HANDOFF (docs/policy.md, "HANDOFF"), exactly as an agent can run it:
-
-    1. at ``t_e`` the device starts decoding at once and the upload of the hidden states starts;
-    2. when the upload has gone through the link, the device sends its prefix — the ``k0``
-       tokens it has decoded by then — and ends its side of the call;
-    3. the cloud waits in its queue, builds its cache, forces the prefix in one pass (costed as
-       an encoder pass over ``k0`` tokens, as the device's own resume is) and decodes tokens
-       ``k0+1 .. n``, streaming them as they are made;
-    4. the device switches to the cloud's stream at the first cloud token it has not decoded
-       itself, and stops decoding; if the local run finishes first, the call is cancelled;
-    5. after the switch, a gap of ``handoff_stall_ms`` without a token, or the call deadline,
-       makes the device resume locally from the tokens it has (prefix-forced).
-    """
-    p = dev.profile
-    start, local_end, lane = dev.decode_slot(t_e, steps)
-    slow = dev.slow(start)
-    local_at = [start + p.decode_ms(k) * slow / 1000.0 for k in range(1, steps + 1)]
-    local_at[-1] = local_end
-    owd = rtt_ms / 2000.0
-    up_end = trace.transfer_end(t_e, nbytes) + (rtt_ms / 1000.0 if lost else 0.0)
-
-    def uploaded_by(t_s: float) -> float:
-        if t_s >= up_end:
-            return float(nbytes)
-        return min(float(nbytes), trace.bytes_between(t_e, t_s))
-
-    if not up_end < local_end:  # the local run is done before the prefix could go: cancel
-        book(start, local_end, lane)
-        return _Handoff(local_end, local_end, uploaded_by(local_end), 0.0, False, False, False, ())
-    k0 = bisect.bisect_right(local_at, up_end)
-    prefix_bytes = cfg.token_bytes + cfg.prefix_token_bytes * k0
-    prefix_end = trace.transfer_end(up_end, prefix_bytes)
-    wait_ms = queue_ms + cloud.request_overhead_ms + cloud.encoder_ms(src_len)
-    if k0:
-        wait_ms += cloud.encoder_ms(k0)
-    decode_start = prefix_end + owd + wait_ms / 1000.0
-    batch = scenario.cloud_batch
-    base = cloud.decode_ms(k0, batch)
-    m = steps - k0
-    arrivals: list[float] = []
-    first_made = decode_start + (cloud.decode_ms(k0 + 1, batch) - base) / 1000.0
-    if math.isfinite(prefix_end):
-        for j in range(1, m + 1):
-            made = decode_start + (cloud.decode_ms(k0 + j, batch) - base) / 1000.0
-            carried = trace.transfer_end(first_made, j * cfg.token_bytes)
-            arrivals.append(max(made, carried) + owd)
-    switch_j = None
-    for j, a in enumerate(arrivals, start=1):
-        if a >= local_end:
-            break
-        if local_at[k0 + j - 1] > a:
-            switch_j = j
-            break
-
-    def up_by(t_s: float) -> float:
-        return uploaded_by(t_s) + (prefix_bytes if prefix_end <= t_s else 0.0)
-
-    def down_by(t_s: float) -> float:
-        return bisect.bisect_right(arrivals, t_s) * cfg.token_bytes
-
-    ttft_ms = (arrivals[0] - t_e) * 1000.0 if arrivals else None
-    done_event = CallDone  # learnt when the call ended well (tokens came, nothing broke)
-    if switch_j is None:
-        book(start, local_end, lane)
-        learnt: tuple[Event, ...] = ()
-        if arrivals and arrivals[0] <= local_end:
-            learnt = (
-                done_event(local_end, nbytes, ttft_ms, up_end - t_e, scenario.cloud_queue_ms),
-            )
-        return _Handoff(
-            local_end, local_end, up_by(local_end), down_by(local_end), False, False, False, learnt
-        )
-    t_sw = arrivals[switch_j - 1]
-    book(start, t_sw, lane)
-    deadline = t_e + cfg.call_deadline_ms / 1000.0
-    stall_s = cfg.handoff_stall_ms / 1000.0
-    cut = None
-    for q in range(switch_j, m + 1):  # after token k0+q has arrived
-        last = arrivals[q - 1]
-        if last > deadline:
-            cut, received, timed_out = deadline, k0 + q - 1, True
-            break
-        if q < m and arrivals[q] - last > stall_s:
-            at = last + stall_s
-            cut, received, timed_out = min(at, deadline), k0 + q, deadline < at
-            break
-    if cut is None:
-        finish = arrivals[-1]
-        learnt = (done_event(finish, nbytes, ttft_ms, up_end - t_e, scenario.cloud_queue_ms),)
-        return _Handoff(finish, finish, up_by(finish), down_by(finish), True, False, False, learnt)
-    start2, finish, lane2 = dev.decode_slot(cut, steps, prefix=received)
-    book(start2, finish, lane2)
-    return _Handoff(
-        finish, cut, up_by(cut), down_by(cut), True, True, timed_out, (CallFailed(cut),)
-    )
-
-
-def _learn_call(
-    learn, tl, t_e: float, nbytes: int, late, abandon: float, done: float, queue_ms: float
-) -> None:
-    """Queue the events of one cloud call the real agent (``tandem.edge.agent``) would see, each
-    at the instant it sees it, and no more:
-
-    - the call turning late (hedge deadline or call deadline passed without what it waited
-      for): ``CallLate`` if no token has come yet (see ``AgentKnowledge.call_late``), else
-      ``CallFailed`` — after a first token the upload is known to be done, so a stream that
-      only ran out of time says nothing about it;
-    - a completed call, from its final message: ``CallDone`` with the time to first token and
-      the upload's duration (the agent infers it from that time minus the RTT and the server's
-      own times; the simulator knows it exactly) and the cloud's queue report (the simulated
-      service reports its mean wait). A call dropped before its end (the hedge's local run
-      won, or it broke at the deadline) teaches nothing more.
-    """
-    if late is not None:
-        learn(CallLate(late, t_e, nbytes) if tl.first_token_s > late else CallFailed(late))
-    if done <= abandon:
-        ttft_ms = (tl.first_token_s - t_e) * 1000.0
-        learn(CallDone(done, nbytes, ttft_ms, tl.upload_end_s - t_e, queue_ms))
-
-
 def _cloud_only_end(
-    tl, t_e: float, deadline_s: float, dev: _Device, steps: int, trace: Trace
+    tl, t_e: float, deadline_s: float, dev: Device, steps: int, trace: Trace
 ) -> float:
     """Completion of a CLOUD route without hedge: the call, or its deadline-cut fallback."""
     deadline = t_e + deadline_s

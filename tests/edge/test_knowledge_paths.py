@@ -25,7 +25,7 @@ from tandem.policy.knowledge import (
     ProbeSent,
     RequestDone,
 )
-from tandem.sim.runner import _Senses
+from tandem.sim.senses import Senses
 from tandem.v1 import decoder_pb2
 
 LANGS = ("", "fr", "de")
@@ -130,7 +130,7 @@ def test_agent_simulator_and_knowledge_learn_alike(agent_factory):
         probes = [e for e in events if isinstance(e, ProbeSent | ProbeResult)]
         others = [e for e in events if not isinstance(e, ProbeSent | ProbeResult)]
         rng.shuffle(others)  # the simulator queues events out of order, as calls overlap
-        sim = _Senses(AgentKnowledge(agent.policy, agent.device_profile), probes)
+        sim = Senses(AgentKnowledge(agent.policy, agent.device_profile), probes)
         for event in others:
             sim.later(event)
         for event, extra, ask in history:

@@ -12,7 +12,8 @@ from sim_helpers import synthetic_trace
 from tandem.policy import PolicyConfig
 from tandem.policy.knowledge import CallDone, CallFailed, CallLate
 from tandem.sim.link import CallTimeline
-from tandem.sim.runner import Scenario, _learn_call, make_draws, run_experiment, simulate
+from tandem.sim.runner import Scenario, make_draws, run_experiment, simulate
+from tandem.sim.senses import learn_call
 from tandem.sim.trace import parse_trace
 
 N = 300
@@ -164,18 +165,18 @@ def test_the_simulated_agent_learns_from_a_call_only_what_the_real_one_can():
     stalled = CallTimeline(start_s=0.0, upload_end_s=5.0, decode_start_s=5.1, step_s=0.01,
                            n_tokens=3, owd_s=0.03, token_bytes=4, first_token_s=5.2,
                            last_token_s=5.3)  # fmt: skip
-    _learn_call(learn, stalled, 0.0, 4000, late=2.0, abandon=2.0, done=math.inf, queue_ms=5.0)
+    learn_call(learn, stalled, 0.0, 4000, late=2.0, abandon=2.0, done=math.inf, queue_ms=5.0)
     assert events == [CallLate(2.0, sent_s=0.0, nbytes=4000)]
 
     slow_stream = dataclasses.replace(
         stalled, upload_end_s=0.5, first_token_s=1.0, last_token_s=2.5
     )
     events.clear()
-    _learn_call(learn, slow_stream, 0.0, 4000, late=2.0, abandon=2.0, done=math.inf, queue_ms=5.0)
+    learn_call(learn, slow_stream, 0.0, 4000, late=2.0, abandon=2.0, done=math.inf, queue_ms=5.0)
     assert events == [CallFailed(2.0)]
 
     events.clear()
-    _learn_call(learn, slow_stream, 0.0, 4000, late=None, abandon=2.5, done=2.5, queue_ms=5.0)
+    learn_call(learn, slow_stream, 0.0, 4000, late=None, abandon=2.5, done=2.5, queue_ms=5.0)
     assert events == [CallDone(2.5, 4000, ttft_ms=1000.0, upload_s=0.5, queue_ms=5.0)]
 
 

@@ -363,8 +363,12 @@ def setup_logging(out: Path) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
+    for handler in [h for h in root.handlers if getattr(h, "_train_speech", False)]:
+        root.removeHandler(handler)  # a second main() in one process (tests) logs once
+        handler.close()
     for handler in (logging.FileHandler(out / "train.log"), logging.StreamHandler(sys.stdout)):
         handler.setFormatter(fmt)
+        handler._train_speech = True
         root.addHandler(handler)
 
 

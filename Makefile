@@ -18,7 +18,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,export,docs]'
 	touch $(STAMP)
 
+# espeak-ng speaks the speech model's training data (tools/speech_data.py); cheap with apt as
+# root, and without it the tests that need it skip, saying why.
 install: $(STAMP)
+	@command -v espeak-ng >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; } \
+	  || echo "note: espeak-ng is not installed (apt-get install espeak-ng); speech-data tests skip"
 
 demo: install
 	$(VENV)/bin/tandem demo

@@ -10,7 +10,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint protos docs clean
+.PHONY: install test-deps demo test test-slow lint protos docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,export,docs]'
 	touch $(STAMP)
 
-# espeak-ng speaks the speech model's training data (tools/speech_data.py); cheap with apt as
-# root, and without it the tests that need it skip, saying why.
 install: $(STAMP)
+
+# espeak-ng speaks the speech model's training data (tools/speech_data.py); cheap with apt as
+# root, and without it the tests that need it skip, saying why. Only the tests need it.
+test-deps: install
 	@command -v espeak-ng >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; } \
 	  || echo "note: espeak-ng is not installed (apt-get install espeak-ng); speech-data tests skip"
@@ -28,7 +30,7 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/tandem demo
 
-test: install
+test: test-deps
 	$(PY) scripts/gen_protos.py --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

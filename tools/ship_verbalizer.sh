@@ -16,7 +16,7 @@ for variant in fp32 int8; do
   out=tandem/models/verbalizer
   flags=()
   if [ "$variant" = int8 ]; then out=tandem/models/verbalizer-int8; flags=(--int8); fi
-  "$PY" -m tandem export --hf "$HF" --out "$out" --name "$(basename "$out")" --overwrite \
+  "$PY" -m tandem.cli export --hf "$HF" --out "$out" --name "$(basename "$out")" --overwrite \
     --input-pattern "$PATTERN" --input-description "$DESCRIPTION" "${flags[@]}"
   for set in plain round; do
     "$PY" tools/eval_verbalizer.py --bundle "$out" --set "$set" --n "${EVAL_N:-2000}" --json \

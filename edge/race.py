@@ -208,7 +208,71 @@ def failure_reason(error: Exception) -> str:
     return "cloud_rejected"
 
 
-class Race:
+class _Race:
+    """What both races share: the cloud's thread, local decoding, resuming and the answer."""
+
+    def __init__(
+        self,
+        sent: SentCall,
+        params: GenerationParams,
+        learner: Learner,
+        metrics: EdgeMetrics,
+        decode_locally: Callable[[GenerationParams], LocalDecode],
+        clock,
+        route: str,
+    ) -> None:
+        self._sent, self._params, self._decode_locally = sent, params, decode_locally
+        self._learner, self._metrics, self._clock = learner, metrics, clock
+        self._events: queue.Queue[RaceEvent] = queue.Queue()
+        self._local: LocalRun | None = None
+        self._cloud_alive = True
+        self._emitted: list[int] = []
+        self._result = RaceResult(route=route, ids=[], finish="length")
+
+    def _call_cloud(self) -> CloudOutcome:
+        """Run the cloud call to its end, putting its events on ``self._events``."""
+        raise NotImplementedError
+
+    def _run_cloud(self) -> None:
+        events = self._events
+        try:
+            events.put(CloudDone(self._call_cloud()))
+        except (CloudError, FingerprintMismatch) as exc:
+            events.put(CloudFailed(exc))
+        except Exception as exc:  # a bug in the client must not lose the request
+            log.exception("cloud client failed", extra={"request_id": self._sent.request_id})
+            events.put(CloudFailed(CloudUnavailable(f"cloud client error: {exc}")))
+
+    def _stop_both(self) -> None:
+        """The race is over (or abandoned): neither side keeps working for it."""
+        if self._cloud_alive:
+            self._sent.call.cancel()
+        if self._local is not None:
+            self._local.cancel()
+
+    def _start_local(self, params: GenerationParams) -> None:
+        self._local = LocalRun(self._decode_locally(params), self._events)
+
+    def _resume_locally(self, prefix: list[int], reason: str) -> None:
+        """Local decoding from ``prefix`` on (prefix forcing): no known token is lost."""
+        log.info(
+            "fallback",
+            extra={"request_id": self._sent.request_id, "reason": reason, "tokens": len(prefix)},
+        )
+        self._start_local(replace(self._params, prefix=tuple(prefix)))
+
+    def _finish(self, route: str, ids: list[int], finish: str) -> Iterator[Piece]:
+        """The winner's answer: stream whatever of it the app has not seen yet."""
+        self._result.route, self._result.ids, self._result.finish = route, ids, finish
+        emitted = self._emitted
+        if emitted != ids[: len(emitted)]:
+            log.warning("routes diverged", extra={"emitted": len(emitted), "tokens": len(ids)})
+        for index in range(len(emitted), len(ids)):
+            emitted.append(ids[index])
+            yield Piece(index, [ids[index]])
+
+
+class Race(_Race):
     """One request's race; ``run()`` streams its pieces and returns its ``RaceResult``."""
 
     def __init__(
@@ -226,15 +290,9 @@ class Race:
         """``hedge_s``: seconds after sending to wait for a first token; ``hedging``: the cloud
         keeps going after that (first to finish wins) rather than being dropped;
         ``decode_locally(params)``: this request's local decoding, from ``params.prefix``."""
-        self._sent, self._params, self._decode_locally = sent, params, decode_locally
-        self._learner, self._metrics, self._clock = learner, metrics, clock
+        super().__init__(sent, params, learner, metrics, decode_locally, clock, route="cloud")
         self._hedge_s, self._hedging = hedge_s, hedging
-        self._events: queue.Queue[RaceEvent] = queue.Queue()
-        self._local: LocalRun | None = None
-        self._cloud_alive = True
         self._first_token_s: float | None = None
-        self._emitted: list[int] = []
-        self._result = RaceResult(route="cloud", ids=[], finish="length")
 
     def run(self) -> Generator[Piece, None, RaceResult]:
         threading.Thread(target=self._run_cloud, daemon=True).start()
@@ -248,21 +306,11 @@ class Race:
                 if (yield from self._handle(event)):
                     return self._result
         finally:
-            if self._cloud_alive:
-                self._sent.call.cancel()
-            if self._local is not None:
-                self._local.cancel()
+            self._stop_both()
 
-    def _run_cloud(self) -> None:
+    def _call_cloud(self) -> CloudOutcome:
         events = self._events
-        try:
-            result = self._sent.call.run(lambda start, ids: events.put(CloudTokens(start, ids)))
-            events.put(CloudDone(result))
-        except (CloudError, FingerprintMismatch) as exc:
-            events.put(CloudFailed(exc))
-        except Exception as exc:  # a bug in the client must not lose the request
-            log.exception("cloud client failed", extra={"request_id": self._sent.request_id})
-            events.put(CloudFailed(CloudUnavailable(f"cloud client error: {exc}")))
+        return self._sent.call.run(lambda start, ids: events.put(CloudTokens(start, ids)))
 
     def _wait_s(self) -> float | None:
         """How long to wait for the next event: until the hedge deadline while nothing came."""
@@ -283,9 +331,6 @@ class Race:
     def _fallback(self, reason: str) -> None:
         self._result.fallbacks.append(reason)
         self._metrics.fallback(reason)
-
-    def _start_local(self, params: GenerationParams) -> None:
-        self._local = LocalRun(self._decode_locally(params), self._events)
 
     def _handle(self, event: RaceEvent) -> Generator[Piece, None, bool]:
         """Act on one event, streaming what it adds; returns True when the race is over."""
@@ -332,25 +377,11 @@ class Race:
         if len(prefix) >= self._params.max_new_tokens:
             self._result.route, self._result.ids = "cloud", prefix
             return True
-        log.info(
-            "fallback",
-            extra={"request_id": self._sent.request_id, "reason": reason, "tokens": len(prefix)},
-        )
-        self._start_local(replace(self._params, prefix=tuple(prefix)))
+        self._resume_locally(prefix, reason)
         return False
 
-    def _finish(self, route: str, ids: list[int], finish: str) -> Iterator[Piece]:
-        """The winner's answer: stream whatever of it the app has not seen yet."""
-        self._result.route, self._result.ids, self._result.finish = route, ids, finish
-        emitted = self._emitted
-        if emitted != ids[: len(emitted)]:
-            log.warning("routes diverged", extra={"emitted": len(emitted), "tokens": len(ids)})
-        for index in range(len(emitted), len(ids)):
-            emitted.append(ids[index])
-            yield Piece(index, [ids[index]])
 
-
-class HandoffRace:
+class HandoffRace(_Race):
     """One HANDOFF request: local decoding from the start, the cloud continuing from it.
 
     Local decoding starts at once and the hidden states go up in parallel (Decoder.Handoff).
@@ -379,12 +410,8 @@ class HandoffRace:
         decode_locally: Callable[[GenerationParams], LocalDecode],
         clock=time.monotonic,
     ) -> None:
-        self._sent, self._params, self._decode_locally = sent, params, decode_locally
-        self._learner, self._metrics, self._clock = learner, metrics, clock
+        super().__init__(sent, params, learner, metrics, decode_locally, clock, route="local")
         self._ack_timeout_s, self._stall_s = ack_timeout_s, stall_s
-        self._events: queue.Queue[RaceEvent] = queue.Queue()
-        self._local: LocalRun | None = None
-        self._cloud_alive = True
         self._accepted_s: float | None = None
         self._cloud_due_s: float | None = None
         """When the cloud's next token is due (after the acknowledgement)."""
@@ -392,8 +419,6 @@ class HandoffRace:
         """The device's prefix sent and every cloud token after it, by position."""
         self._switched = False
         """Local decoding was stopped: the cloud's stream is the source."""
-        self._emitted: list[int] = []
-        self._result = RaceResult(route="local", ids=[], finish="length")
 
     def run(self) -> Generator[Piece, None, RaceResult]:
         self._start_local(self._params)
@@ -409,35 +434,22 @@ class HandoffRace:
                 if (yield from self._handle(event)):
                     return self._result
         finally:
-            if self._cloud_alive:
-                self._sent.call.cancel()
-            if self._local is not None:
-                self._local.cancel()
+            self._stop_both()
 
     # -- the two sides -----------------------------------------------------------------------
 
-    def _run_cloud(self) -> None:
+    def _call_cloud(self) -> CloudOutcome:
         events = self._events
-        try:
-            result = self._sent.call.run(
-                self._progress,
-                on_accepted=lambda prefix, at_s: events.put(CloudAccepted(prefix, at_s)),
-                on_tokens=lambda start, ids: events.put(CloudTokens(start, ids)),
-            )
-            events.put(CloudDone(result))
-        except (CloudError, FingerprintMismatch) as exc:
-            events.put(CloudFailed(exc))
-        except Exception as exc:  # a bug in the client must not lose the request
-            log.exception("cloud client failed", extra={"request_id": self._sent.request_id})
-            events.put(CloudFailed(CloudUnavailable(f"cloud client error: {exc}")))
+        return self._sent.call.run(
+            self._progress,
+            on_accepted=lambda prefix, at_s: events.put(CloudAccepted(prefix, at_s)),
+            on_tokens=lambda start, ids: events.put(CloudTokens(start, ids)),
+        )
 
     def _progress(self) -> list[int]:
         """What the device has now (the cloud thread asks on the acknowledgement)."""
         local = self._local
         return local.progress() if local is not None else list(self._emitted)
-
-    def _start_local(self, params: GenerationParams) -> None:
-        self._local = LocalRun(self._decode_locally(params), self._events)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -558,18 +570,5 @@ class HandoffRace:
         if len(prefix) >= self._params.max_new_tokens:
             yield from self._finish("cloud", prefix, "length")
             return True
-        log.info(
-            "fallback",
-            extra={"request_id": self._sent.request_id, "reason": reason, "tokens": len(prefix)},
-        )
-        self._start_local(replace(self._params, prefix=tuple(prefix)))
+        self._resume_locally(prefix, reason)
         return False
-
-    def _finish(self, route: str, ids: list[int], finish: str) -> Iterator[Piece]:
-        self._result.route, self._result.ids, self._result.finish = route, ids, finish
-        emitted = self._emitted
-        if emitted != ids[: len(emitted)]:
-            log.warning("routes diverged", extra={"emitted": len(emitted), "tokens": len(ids)})
-        for index in range(len(emitted), len(ids)):
-            emitted.append(ids[index])
-            yield Piece(index, [ids[index]])

@@ -8,6 +8,7 @@ the cloud config hold it as their ``session`` section, built by ``tandem.config.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import onnxruntime as ort
@@ -27,7 +28,8 @@ class SessionConfig:
     """How ONNX Runtime runs the parts of a model bundle."""
 
     intra_op_threads: int = 0
-    """Threads inside one operator; 0 lets ONNX Runtime use one per physical core."""
+    """Threads inside one operator; 0 lets ONNX Runtime use one per physical core, or one per
+    core this process may run on where that is fewer (``usable_cores``)."""
     inter_op_threads: int = 1
     """Threads across independent operators; decoder graphs are sequential, so 1 is best."""
     graph_optimization: str = "all"
@@ -57,10 +59,25 @@ class SessionConfig:
         """Options for one part; ``spin`` overrides ``allow_spinning`` (see there)."""
         spin = self.allow_spinning if spin is None else spin
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_threads
+        options.intra_op_num_threads = self.intra_op_threads or usable_cores() or 0
         options.inter_op_num_threads = self.inter_op_threads
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[self.graph_optimization]
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         options.log_severity_level = 3  # errors only: warnings about unused initializers are noise
         return options
+
+
+def usable_cores() -> int | None:
+    """How many cores this process may run on, where that is fewer than the machine has; None
+    otherwise (ONNX Runtime's own default then stands).
+
+    Why: ONNX Runtime sizes its default pool from the machine's cores and ignores the process's
+    CPU affinity, so a replica confined to one core (a Kubernetes static CPU policy, a cpuset,
+    ``taskset``) would run two spinning threads on it, each stealing the other's time.
+    """
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return None
+    return allowed if allowed < (os.cpu_count() or allowed) else None

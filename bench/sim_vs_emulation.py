@@ -12,6 +12,9 @@ only that, measured first:
   emulated device and cloud both run here, so the device-speed factor is 1): the device's with
   the agent's ONNX Runtime threads (all cores but one), the cloud's with the service's (one
   per core);
+- the two sides as two machines: the replica's CPU priority is below the agent's
+  (``CLOUD_NICENESS``), so a replica decoding beside the device (a HANDOFF race) does not slow
+  the device's own decoding, as it could not in a deployment;
 - the scenario the emulator really runs: one request decoded at a time in the cloud, no cloud
   queue, this machine's load (idle as far as the simulator knows), the link's base RTT, loss
   and jitter, the policy's own config (priors, deadline, codec) on both sides;
@@ -114,6 +117,7 @@ def calibrate_overheads(
     different sample would add its own sampling noise to every comparison. The scenario is
     the measured runs' own, on that ideal link.
     """
+    from tandem.emulate.processes import CLOUD_NICENESS
     from tandem.emulate.runner import run_emulation
     from tandem.policy import PolicyConfig
     from tandem.sim.link import LinkConfig
@@ -132,7 +136,7 @@ def calibrate_overheads(
         sim = simulate(ideal, policy, draws, scenario, device, cloud, cfg)
         emu, _ = run_emulation(
             ideal, policy, draws, inputs, scenario, cfg, device_path, cloud_path, mode,
-            seed=seed, workdir=workdir / policy,
+            seed=seed, workdir=workdir / policy, cloud_niceness=CLOUD_NICENESS,
         )  # fmt: skip
         gaps[policy] = float(np.nanmean(emu.latency_ms) - sim.latency_ms.mean())
         print(
@@ -196,6 +200,7 @@ def main() -> int:
     from tandem.edge.config import default_intra_op_threads
     from tandem.emulate.inputs import match_inputs
     from tandem.emulate.links import choose_mode
+    from tandem.emulate.processes import CLOUD_NICENESS
     from tandem.emulate.runner import EMU_POLICIES, run_emulation
     from tandem.policy import PolicyConfig
     from tandem.runtime.seq2seq import Seq2Seq
@@ -245,7 +250,7 @@ def main() -> int:
                 sim = simulate(trace, policy, draws, scenario, device_profile, cloud_profile, cfg)
                 emu, info = run_emulation(
                     trace, policy, draws, inputs, scenario, cfg, device_path, cloud_path,
-                    mode, seed=args.seed,
+                    mode, seed=args.seed, cloud_niceness=CLOUD_NICENESS,
                 )  # fmt: skip
                 if args.per_request:
                     print_per_request(sim, emu)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.emulate.netns import Capabilities, NamespacePair, detect_capabilities, enter_netns
-from tandem.emulate.processes import CloudProcess, EdgeProcess, free_port
+from tandem.emulate.processes import CloudProcess, EdgeProcess, free_port, lower_priority
 from tandem.emulate.relay import ShapingRelay
 from tandem.emulate.shaping import LinkState
 from tandem.errors import ConfigError, TandemError
@@ -66,8 +66,9 @@ class LoopbackLink:
     def set_state(self, state: LinkState) -> None:
         self.relay.set_state(state)
 
-    def start_cloud(self, bundle: Path, workdir: Path) -> CloudProcess:
+    def start_cloud(self, bundle: Path, workdir: Path, niceness: int = 0) -> CloudProcess:
         cloud = CloudProcess(bundle, self.cloud_port, workdir / "cloud.log")
+        cloud.niceness = niceness
         cloud.start()
         return cloud
 
@@ -96,6 +97,7 @@ class _InNamespace:
             )
         finally:
             log_file.close()
+        lower_priority(self.proc.pid, self.niceness)  # `ip netns exec` execs it: same process
 
 
 class _NetnsCloud(_InNamespace, CloudProcess):
@@ -196,8 +198,9 @@ class NetnsLink:
         self.pair.set_rate(up, down)
         self.relay.set_state(state)
 
-    def start_cloud(self, bundle: Path, workdir: Path) -> CloudProcess:
+    def start_cloud(self, bundle: Path, workdir: Path, niceness: int = 0) -> CloudProcess:
         cloud = _NetnsCloud(bundle, self.cloud_port, workdir / "cloud.log", self.pair.cloud_ns)
+        cloud.niceness = niceness
         cloud.start()
         return cloud
 

@@ -36,12 +36,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+CLOUD_NICENESS = 10
+"""How much lower the emulated cloud's CPU priority is than the device's, where the caller asks
+(``_Child.niceness``). Why: in a deployment the device and the replica are different machines;
+on one emulation host a replica decoding beside the agent (a HANDOFF race: both sides decode at
+once) slows the agent's own decoding, which no deployment sees and the simulator rightly does
+not model. With the replica yielding, the device decodes as fast as it would alone; the
+replica still has every cycle the device leaves (all of them while the device waits for it)."""
+
+
+def lower_priority(pid: int, niceness: int) -> None:
+    """Make a child ``niceness`` steps nicer than us. Called right after the child is spawned,
+    before its interpreter has started a thread: Linux keeps a nice value per thread, and the
+    threads it starts later inherit its main thread's."""
+    if niceness:
+        os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0) + niceness)
+
+
 class _Child:
     """A daemon child process: start in its own session, SIGKILL, or SIGTERM then wait."""
 
     def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
+        self.niceness = 0
+        """How much lower than ours its CPU priority is (``CLOUD_NICENESS``); set before start."""
 
     @property
     def pid(self) -> int | None:
@@ -61,6 +80,7 @@ class _Child:
             )
         finally:
             log_file.close()  # the child has its own copy of the descriptor
+        lower_priority(self.proc.pid, self.niceness)
 
     def _check_running(self, what: str) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -143,4 +163,4 @@ class EdgeProcess(_Child):
         raise TandemError(f"edge agent did not open {self.socket} in {timeout_s:.0f} s")
 
 
-__all__ = ["CloudProcess", "EdgeProcess", "free_port"]
+__all__ = ["CLOUD_NICENESS", "CloudProcess", "EdgeProcess", "free_port", "lower_priority"]

@@ -131,8 +131,11 @@ def run_emulation(
     bundle: Path | None = None,
     partitions: tuple[Partition, ...] = (),
     workdir: Path | None = None,
+    cloud_niceness: int = 0,
 ) -> tuple[RunResult, EmulationInfo]:
-    """Play ``draws`` over ``trace`` under ``policy`` with the real daemons (see module doc)."""
+    """Play ``draws`` over ``trace`` under ``policy`` with the real daemons (see module doc);
+    ``cloud_niceness``: how much lower the replica's CPU priority is than the agent's
+    (``tandem.emulate.processes.CLOUD_NICENESS``)."""
     if policy not in EMU_POLICIES:
         raise ConfigError(f"unknown policy {policy!r}; choose from {', '.join(EMU_POLICIES)}")
     requests = draws.workload.requests
@@ -157,7 +160,7 @@ def run_emulation(
             shaper = TraceShaper(link, trace, shaper_cfg, rng=np.random.default_rng(seed))
             shaper.tick(0.0)
             shaper.t0 = None  # the replay proper starts on a ping beat (`_drive`)
-            cloud = link.start_cloud(bundle, work)
+            cloud = link.start_cloud(bundle, work, cloud_niceness)
             config = agent_config(
                 work, link.cloud_address, policy, cfg, scenario, device_profile,
                 cloud_profile, bundle,

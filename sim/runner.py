@@ -160,7 +160,7 @@ class RunResult:
     policy: str
     arrival_s: np.ndarray  # (n,) float64
     latency_ms: np.ndarray  # (n,) float64, arrival to last token
-    cloud: np.ndarray  # (n,) bool, decided CLOUD
+    cloud: np.ndarray  # (n,) bool, decided CLOUD, or a HANDOFF that switched to the cloud
     fallback: np.ndarray  # (n,) bool, decided CLOUD but finished by local decoding
     timeout: np.ndarray  # (n,) bool, the cloud call hit its deadline
     bytes_up: np.ndarray  # (n,) float64, request bytes that went up the link
@@ -314,7 +314,6 @@ def simulate(
             start, finish, lane = dev.decode_slot(t_e, req.steps)
             book(i, start, finish, lane)
         elif route is Route.HANDOFF:
-            went_cloud[i] = True
             ho = play_handoff(
                 trace,
                 dev,
@@ -332,6 +331,9 @@ def simulate(
                 book=lambda a, b, lane, i=i: book(i, a, b, lane),
             )
             finish = ho.finish_s
+            # As the agent counts it: the cloud's (streamed in part or whole) once switched to;
+            # a race the local side won is a local answer, whatever was uploaded.
+            went_cloud[i] = ho.switched
             fell_back[i], timed_out[i] = ho.resumed, ho.timed_out
             sent[i] = ho.up_bytes
             if budget_left is not None:

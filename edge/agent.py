@@ -33,9 +33,10 @@ from tandem.edge.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from tandem.edge.cloud_client import CloudClient
 from tandem.edge.config import EdgeConfig
 from tandem.edge.learning import AgentLearning
+from tandem.edge.local_decode import LocalDecode, Piece
 from tandem.edge.metrics import EdgeMetrics
 from tandem.edge.probes import DeviceLoadProbe, ping_on_beat
-from tandem.edge.race import HandoffRace, LocalDecode, Piece, Race, SentCall
+from tandem.edge.race import HandoffRace, Race, SentCall
 from tandem.edge.stream_check import StreamLimits
 from tandem.errors import CloudError, InputError
 from tandem.policy import Decision, Observations, Profile, Route, decide

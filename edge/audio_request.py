@@ -123,7 +123,11 @@ def transcribe_request(agent: Agent, request: Request) -> Iterator[Piece | Outco
         # Every run is a request of its own to the cloud: an id of its own, the same stem.
         run_id = f"{rid[: MAX_REQUEST_ID_CHARS - 8]}/{len(runs)}"
         positions = range(hidden.shape[0])  # the source length the cloud is told
-        routed = agent.decode_routed(run_id, positions, hidden, params, request, encode_ms[0])
+        this = request
+        if request.deadline_s is not None:  # every cloud call is bounded by what is left
+            left = request.deadline_s - (agent.clock() - start)
+            this = dataclasses.replace(request, deadline_s=max(left, 0.05))
+        routed = agent.decode_routed(run_id, positions, hidden, params, this, encode_ms[0])
         outcome = _drain(routed)
         runs.append(outcome)
         agent.request_done(request.language, hidden.shape[0], outcome.ids, outcome.finish)

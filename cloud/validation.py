@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from tandem.errors import FingerprintMismatch, InputError
+from tandem.runtime import speech
 from tandem.runtime.codec import Codec, Compression, payload_bytes
 from tandem.runtime.decoding import GenerationParams
 from tandem.runtime.manifest import Manifest
@@ -79,14 +80,15 @@ class Job:
     model: ServedModel
     hidden: np.ndarray = field(repr=False)  # (source_length, hidden) float32, padding dropped
     params: GenerationParams
-    """What the decoder runs: ``max_new_tokens`` is an int, and a forced first token is part of
-    ``prefix`` (decoding after a forced token and after a one-token prefix are the same
+    """What the decoder runs: ``max_new_tokens`` is an int, and a forced first token (or a speech
+    model's forced prompt) is part of ``prefix`` (decoding after a forced token and after a one-token prefix are the same
     computation; this way ``max_new_tokens`` counts it as decoder.proto says)."""
     start: int = 0
     """Position of the first token to stream: len(DecodeRequest.prefix)."""
     lead: tuple[int, ...] = ()
-    """Tokens streamed before any decoded one: the forced first token when the request had no
-    prefix (the client has not seen it yet), else nothing."""
+    """Tokens streamed before any decoded one: the forced first token, or a speech model's
+    whole window prompt, when the request had no prefix (the client has not seen it yet), else
+    nothing."""
     codec_s: float = 0.0
     """Seconds decoding the hidden states took, when ``validate_request`` had a clock."""
 
@@ -155,7 +157,7 @@ def validate_request(
     start = len(request.prefix)
     lead: tuple[int, ...] = ()
     if not params.prefix and params.forced_first_token is not None:
-        lead = (params.forced_first_token,)
+        lead = tuple(params.start_tokens())  # the forced token, or a speech model's prompt
         params = replace(params, prefix=lead)
     job = Job(request_id, model, hidden, params, start, lead, codec_s)
     if not job.complete:
@@ -183,18 +185,55 @@ def _params(request: decoder_pb2.DecodeRequest, model: ServedModel) -> Generatio
         forced = _token(p.forced_first_token, "params.forced_first_token", vocab)
     elif which == "target_language":
         forced = manifest.language_token(p.target_language, "params.target_language")
+    prompt = _speech_prompt(manifest, forced, which, max_new)
     eos = manifest.tokens.eos
     eos_given = None
     if p.HasField("eos_token_id"):
         eos = eos_given = _token(p.eos_token_id, "params.eos_token_id", vocab)
-    prefix = _prefix(request.prefix, "prefix", max_new, eos, forced, vocab)
+    prefix = _prefix(request.prefix, "prefix", max_new, eos, forced, vocab, prompt)
     return GenerationParams(
         max_new_tokens=max_new,
         min_new_tokens=p.min_new_tokens,
         forced_first_token=forced,
         eos_token_id=eos_given,
         prefix=prefix,
+        forced_prompt=prompt,
     )
+
+
+def _speech_prompt(
+    manifest: Manifest, forced: int | None, which: str | None, max_new: int
+) -> tuple[int, ...]:
+    """A speech model's window prompt, derived from the request's forced first token.
+
+    Whisper decodes every window after a forced prompt (language, task, no-timestamps); its
+    first token names it (``speech.prompts``), so a DecodeRequest needs no field of its own
+    and the cloud never trusts a prompt it did not build from its own manifest.
+    """
+    if manifest.speech is None:
+        return ()
+    known = speech.prompts(manifest)
+    if not known:
+        return ()
+    where = f"params.{which or 'forced_first_token'}"
+    if forced is None:
+        firsts = ", ".join(str(t) for t in list(known)[:8]) + (", ..." if len(known) > 8 else "")
+        raise InputError(
+            f"params.forced_first_token is required by speech model {manifest.name!r}: the "
+            f"first token of its window prompt ({firsts})"
+        )
+    prompt = known.get(forced)
+    if prompt is None:
+        raise InputError(
+            f"{where}: token {forced} starts no window prompt of speech model "
+            f"{manifest.name!r} (a language token, or {sorted(known)[:8]})"
+        )
+    if len(prompt) >= max_new:
+        raise InputError(
+            f"params.max_new_tokens {max_new} leaves no room after the {len(prompt)}-token "
+            "window prompt"
+        )
+    return prompt
 
 
 def validate_handoff_start(
@@ -219,7 +258,13 @@ def with_prefix(job: Job, ids: Sequence[int], name: str = "prefix.ids") -> Job:
     manifest = job.model.manifest
     eos = params.eos_token_id if params.eos_token_id is not None else manifest.tokens.eos
     prefix = _prefix(
-        ids, name, params.max_new_tokens, eos, params.forced_first_token, manifest.dims.vocab_size
+        ids,
+        name,
+        params.max_new_tokens,
+        eos,
+        params.forced_first_token,
+        manifest.dims.vocab_size,
+        params.forced_prompt,
     )
     if not prefix:
         return job  # as Decode without a prefix: the forced first token (if any) is streamed
@@ -230,7 +275,13 @@ def with_prefix(job: Job, ids: Sequence[int], name: str = "prefix.ids") -> Job:
 
 
 def _prefix(
-    ids: Sequence[int], name: str, max_new: int, eos: int, forced: int | None, vocab: int
+    ids: Sequence[int],
+    name: str,
+    max_new: int,
+    eos: int,
+    forced: int | None,
+    vocab: int,
+    prompt: tuple[int, ...] = (),
 ) -> tuple[int, ...]:
     prefix = tuple(ids)
     if len(prefix) > max_new:
@@ -245,6 +296,11 @@ def _prefix(
         raise InputError(
             f"{name}[0] = {prefix[0]} but the forced first token is {forced}; a resumed "
             "request must start with the token the first attempt was forced to"
+        )
+    if prefix and prefix[: len(prompt)] != prompt:
+        raise InputError(
+            f"{name} does not start with the window prompt {list(prompt)}; a resumed speech "
+            "request continues after the whole prompt"
         )
     return prefix
 

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ import numpy as np
 
 from tandem import wire
 from tandem.defaults import PROFILES_DIR, bundle_path
+from tandem.edge.audio_request import priced_profile, transcribe_request, upload_refusal
 from tandem.edge.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from tandem.edge.cloud_client import CloudClient
 from tandem.edge.config import EdgeConfig
@@ -60,6 +61,10 @@ class Request:
 
     text: str
     target: str | None = None
+    audio: bytes | None = None
+    """A WAV file's bytes, for a speech model (then ``text`` is empty)."""
+    language: str | None = None
+    """The spoken language of ``audio`` (None: detected, or none for an English-only model)."""
     max_new_tokens: int | None = None
     local_only: bool = False
     deadline_s: float | None = None
@@ -111,7 +116,8 @@ class Agent(AgentLearning):
         device = _load_profile(
             config.device_profile or PROFILES_DIR / "device.yaml", "device_profile"
         )
-        self.device_profile = device.scaled(config.device_speed_factor)
+        hidden_size = model.manifest.dims.hidden_size  # the policy prices uploads at it
+        self.device_profile = priced_profile(device.scaled(config.device_speed_factor), hidden_size)
         self.cloud_profile = _load_profile(
             config.cloud_profile or PROFILES_DIR / "cloud.yaml", "cloud_profile"
         )
@@ -161,8 +167,13 @@ class Agent(AgentLearning):
 
     def generate(self, request: Request) -> Iterator[Piece | Outcome]:
         """Stream the answer to one request; the last item is its ``Outcome``."""
+        if request.audio is not None:  # a speech model's input: edge/audio_request.py
+            yield from transcribe_request(self, request)
+            return
         start = self.clock()
         rid = request.request_id or f"edge-{uuid.uuid4().hex[:12]}"
+        if self.model.is_speech:
+            raise InputError(f"text: bundle {self.model.manifest.name!r} is a speech model")
         if len(request.text) > self.config.max_text_chars:
             raise InputError(
                 f"text has {len(request.text)} characters; the limit is {self.config.max_text_chars}"
@@ -173,53 +184,68 @@ class Agent(AgentLearning):
             t_enc = self.clock()
             hidden = self.model.encode(ids)  # (S, D) float32
             encode_ms = (self.clock() - t_enc) * 1000
-            obs = self.observations(len(ids), request.target, request.local_only, encode_ms)
-            decision = self.route(obs)
-            outcome = Outcome(
-                request_id=rid,
-                route=decision.route.value,
-                reason=decision.reason,
-                decision=decision.route.value,
-                encode_ms=encode_ms,
-            )
-            log.info(
-                "decision",
-                extra={"request_id": rid, "route": decision.route.value, "reason": decision.reason},
-            )
-            remote = decision.route in (Route.CLOUD, Route.HANDOFF)
-            if remote and self.cloud is not None and not request.local_only:
-                if self.breaker.allow(self.clock()):
-                    if decision.route is Route.HANDOFF and self._handoff_supported:
-                        yield from self._handoff(
-                            rid, ids, hidden, params, decision, outcome, request
-                        )
-                    elif decision.route is Route.HANDOFF:
-                        # An older replica without Handoff: a CLOUD call with the decision's
-                        # hedge. (A hedge at 0 would race the same way, but would teach the
-                        # knowledge a late call on every request.)
-                        yield from self._cloud(rid, ids, hidden, params, decision, outcome, request)
-                    else:
-                        yield from self._cloud(rid, ids, hidden, params, decision, outcome, request)
-                else:
-                    outcome.fallbacks.append("breaker_open")
-                    yield from self._local(hidden, params, outcome)
-            else:
-                yield from self._local(hidden, params, outcome)
+            outcome = yield from self.decode_routed(rid, ids, hidden, params, request, encode_ms)
         outcome.text = self.model.detokenize(outcome.ids) or ""
         outcome.total_ms = (self.clock() - start) * 1000
         self.request_done(request.target, len(ids), outcome.ids, outcome.finish)
+        self.finished(outcome)
+        yield outcome
+
+    def finished(self, outcome: Outcome) -> None:
         self.metrics.finished(outcome)
         log.info(
             "answered",
             extra={
-                "request_id": rid,
+                "request_id": outcome.request_id,
                 "route": outcome.route,
                 "fallbacks": ",".join(outcome.fallbacks),
                 "tokens": len(outcome.ids),
                 "total_ms": round(outcome.total_ms, 1),
             },
         )
-        yield outcome
+
+    def decode_routed(
+        self, rid, ids, hidden, params: GenerationParams, request: Request, encode_ms: float
+    ) -> Generator[Piece, None, Outcome]:
+        """Observe → decide → decode ``hidden`` (S, D) on the route decided, as pieces; returns
+        the ``Outcome`` (route, ids, finish, timings; no text). ``ids``: the source positions
+        (``len(ids)`` is the source length the cloud is told)."""
+        lang = request.target if request.audio is None else request.language
+        obs = self.observations(len(ids), lang, request.local_only, encode_ms)
+        decision = self.route(obs)
+        outcome = Outcome(
+            request_id=rid,
+            route=decision.route.value,
+            reason=decision.reason,
+            decision=decision.route.value,
+            encode_ms=encode_ms,
+        )
+        log.info(
+            "decision",
+            extra={"request_id": rid, "route": decision.route.value, "reason": decision.reason},
+        )
+        remote = decision.route in (Route.CLOUD, Route.HANDOFF)
+        if remote and self.cloud is not None and not request.local_only:
+            too_large = upload_refusal(self, hidden.shape[0])
+            if too_large is not None:
+                log.warning("upload refused", extra={"request_id": rid, "error": too_large})
+                outcome.fallbacks.append("upload_too_large")
+                self.metrics.fallback("upload_too_large")
+                yield from self._local(hidden, params, outcome)
+            elif self.breaker.allow(self.clock()):
+                if decision.route is Route.HANDOFF and self._handoff_supported:
+                    yield from self._handoff(rid, ids, hidden, params, decision, outcome, request)
+                else:
+                    # CLOUD, or HANDOFF to an older replica without Handoff: a CLOUD call with
+                    # the decision's hedge. (A hedge at 0 would race the same way, but would
+                    # teach the knowledge a late call on every request.)
+                    yield from self._cloud(rid, ids, hidden, params, decision, outcome, request)
+            else:
+                outcome.fallbacks.append("breaker_open")
+                yield from self._local(hidden, params, outcome)
+        else:
+            yield from self._local(hidden, params, outcome)
+        return outcome
 
     def observations(
         self, src_len: int, target: str | None, local_only: bool, encode_ms: float = 0.0

@@ -4,6 +4,7 @@ from tandem import EdgeClient
 with EdgeClient() as client:                 # default socket of this user
     answer = client.ask("1984 42", target="fr")
     print(answer.text, answer.route)
+    # an agent of a speech model: client.transcribe(Path("speech.wav").read_bytes(), "en")
 """
 
 from __future__ import annotations
@@ -59,8 +60,13 @@ class EdgeClient:
         max_new_tokens: int = 0,
         local_only: bool = False,
         request_id: str = "",
+        audio: bytes | None = None,
+        language: str | None = None,
     ) -> Iterator[edge_pb2.GenerateEvent]:
-        """Events as they come: text pieces, then the final event."""
+        """Events as they come: text pieces, then the final event.
+
+        ``audio``: a WAV file's bytes to transcribe instead of ``text`` (a speech model's
+        agent), ``language`` its spoken language (None: detected)."""
         request = edge_pb2.GenerateRequest(
             request_id=request_id,
             text=text,
@@ -69,6 +75,8 @@ class EdgeClient:
             local_only=local_only,
             deadline_ms=int(self._timeout_s * 1000),
         )
+        if audio is not None:
+            request.audio.CopyFrom(edge_pb2.AudioInput(wav=audio, language=language or ""))
         try:
             yield from self._stub.Generate(request, timeout=self._timeout_s)
         except grpc.RpcError as exc:
@@ -79,6 +87,10 @@ class EdgeClient:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise CloudUnavailable(f"edge agent unavailable: {exc.details()}") from exc
             raise TandemError(f"edge agent failed: {exc.code().name}: {exc.details()}") from exc
+
+    def transcribe(self, wav: bytes, language: str | None = None, **kwargs) -> Answer:
+        """The transcript of a WAV file's bytes (the agent serves a speech model)."""
+        return self.ask("", audio=wav, language=language, **kwargs)
 
     def ask(self, text: str, target: str | None = None, **kwargs) -> Answer:
         for event in self.stream(text, target, **kwargs):

@@ -128,6 +128,11 @@ class CloudSettings:
     """A HANDOFF drops the cloud when its stream makes no progress this long (its first token
     may take the acknowledgement's time on top); local decoding then carries on, or resumes
     at once from every token known if it had stopped."""
+    max_message_bytes: int = 4 * 1024 * 1024
+    """Largest DecodeRequest the agent uploads: gRPC's default receive limit, which proxies
+    and peers without configuration enforce (deploy/nginx's client_max_body_size too). A
+    request whose hidden states cannot fit is decoded locally (fallback ``upload_too_large``,
+    logged with the codecs that would fit); raise it when every hop accepts more."""
     force_route: str | None = None
     """Route every request this way (``local``, ``cloud`` or ``handoff``) instead of what the
     policy picks, except where a rule forces LOCAL (local_only, offline, open breaker, byte
@@ -140,6 +145,7 @@ class CloudSettings:
             one_of(self, "force_route", FORCED_ROUTES)
         bound(self, "backoff_initial_s", "ping_interval_s", ge=0)
         bound(self, "max_attempts", ge=1, le=10)
+        bound(self, "max_message_bytes", ge=1024)
         require(bool(self.addresses), "addresses must be a non-empty list of host:port")
         for i, address in enumerate(self.addresses):
             require(Address(address).port > 0, f"addresses[{i}] needs a port, got {shown(address)}")
@@ -195,6 +201,13 @@ class EdgeConfig:
     """Optional loopback TCP address (host:port) for the local API, e.g. 127.0.0.1:50061."""
     max_text_chars: int = 4096
     """Longest input text accepted on the local API."""
+    max_audio_s: float = 120.0
+    """Longest audio accepted on the local API (speech models), read from the WAV header
+    before any sample is decoded; longer is INVALID_ARGUMENT. Each 30 s window costs one
+    encoder run and one decoding run."""
+    max_audio_bytes: int = 32 * 1024 * 1024
+    """Largest WAV file accepted on the local API (speech models): bounds what one request
+    holds in memory (120 s of 48 kHz stereo float32 is 46 MB; of 16 kHz mono PCM16, 3.8 MB)."""
     piece_interval_ms: float = 20.0
     """Streamed text pieces are coalesced to at most one message per interval (0: per token)."""
     max_concurrent: int = 8
@@ -227,7 +240,8 @@ class EdgeConfig:
             "socket: the local API needs a socket path or a tcp address",
         )
         bound(self, "socket_mode", ge=0, le=0o777)
-        bound(self, "max_text_chars", "max_concurrent", ge=1)
+        bound(self, "max_text_chars", "max_concurrent", "max_audio_bytes", ge=1)
+        bound(self, "max_audio_s", gt=0)
         bound(self, "device_speed_factor", gt=0)
         bound(self, "drain_s", "piece_interval_ms", ge=0)
         if self.metrics_port is not None:

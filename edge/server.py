@@ -22,6 +22,7 @@ from tandem.admission import Admission, Lane
 from tandem.edge.agent import Agent, Outcome, Request
 from tandem.errors import ConfigError, InputError, TandemError
 from tandem.rpc import Undecodable, add_service, status_code
+from tandem.runtime import speech
 from tandem.v1 import edge_pb2, edge_pb2_grpc
 from tandem.wire import check_request_id, finish_to_proto
 
@@ -38,9 +39,10 @@ MIN_REQUEST_BYTES = 4 * 1024 * 1024
 (1 MB, say) still reaches the agent and gets its INVALID_ARGUMENT, not a transport error."""
 
 
-def max_request_bytes(max_text_chars: int) -> int:
-    """Largest GenerateRequest the transport accepts (UTF-8 is at most 4 bytes a character)."""
-    return max(MIN_REQUEST_BYTES, 4 * max_text_chars + 1024)
+def max_request_bytes(max_text_chars: int, max_audio_bytes: int = 0) -> int:
+    """Largest GenerateRequest the transport accepts (UTF-8 is at most 4 bytes a character; a
+    WAV over ``max_audio_bytes`` but within 64 KiB of it still gets its INVALID_ARGUMENT)."""
+    return max(MIN_REQUEST_BYTES, 4 * max_text_chars + 1024, max_audio_bytes + 64 * 1024)
 
 
 class EdgeServicer(edge_pb2_grpc.EdgeServicer):
@@ -53,6 +55,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServicer):
             stream = self.agent.generate(req)
             text_so_far = ""
             ids: list[int] = []
+            runs: list[str] = []  # audio: each decoding run's text (one piece per run)
             pending: list[int] = []
             pending_start = 0
             last_sent = time.monotonic()
@@ -60,7 +63,10 @@ class EdgeServicer(edge_pb2_grpc.EdgeServicer):
 
             def flush():
                 nonlocal text_so_far, pending, last_sent
-                text = self.agent.model.detokenize(ids) or ""
+                if req.audio is None:
+                    text = self.agent.model.detokenize(ids) or ""
+                else:  # as Transcription.text: the runs' texts, stripped, joined by a space
+                    text = " ".join(runs)
                 piece = text[len(text_so_far) :] if text.startswith(text_so_far) else text
                 text_so_far = text
                 event = edge_pb2.GenerateEvent(
@@ -82,6 +88,10 @@ class EdgeServicer(edge_pb2_grpc.EdgeServicer):
                     pending_start = item.start
                 ids.extend(item.ids)
                 pending = pending + list(item.ids)
+                if req.audio is not None:
+                    run_text = (self.agent.model.detokenize(list(item.ids)) or "").strip()
+                    if run_text:
+                        runs.append(run_text)
                 # Coalesce tokens that come faster than the app could show them: one message
                 # per interval instead of one per token (a gRPC message costs ~0.2 ms).
                 if time.monotonic() - last_sent >= interval_s:
@@ -95,18 +105,28 @@ class EdgeServicer(edge_pb2_grpc.EdgeServicer):
     def _validate(self, request: edge_pb2.GenerateRequest | Undecodable, context) -> Request:
         if isinstance(request, Undecodable):
             raise InputError(request.describe())
-        if not request.text.strip():
+        model = self.agent.model
+        audio = request.audio if request.HasField("audio") else None
+        if audio is None and model.is_speech:
+            raise InputError(f"text: bundle {model.manifest.name!r} is a speech model; send audio")
+        if audio is not None and not model.is_speech:
+            raise InputError(f"audio: bundle {model.manifest.name!r} is a text model; send text")
+        if audio is None and not request.text.strip():
             raise InputError("text: must not be empty")
         if request.request_id:  # empty: the agent assigns one
             check_request_id(request.request_id)  # the cloud's rule: it is forwarded there
-        languages = self.agent.model.manifest.languages
+        languages = model.manifest.languages
         target = request.target_language or None
-        if target is not None:
-            self.agent.model.manifest.language_token(target, "target_language")
+        language = None
+        if audio is not None:
+            language = _check_audio(request, audio, model)
+        elif target is not None:
+            model.manifest.language_token(target, "target_language")
         if (
-            languages
+            audio is None
+            and languages
             and target is None
-            and self.agent.model.manifest.default_forced_first_token is None
+            and model.manifest.default_forced_first_token is None
         ):
             raise InputError(
                 f"target_language: required by this model (one of {', '.join(sorted(languages))})"
@@ -129,7 +149,29 @@ class EdgeServicer(edge_pb2_grpc.EdgeServicer):
             local_only=request.local_only,
             deadline_s=deadline_s,
             request_id=request.request_id,
+            audio=audio.wav if audio is not None else None,
+            language=language,
         )
+
+
+def _check_audio(
+    request: edge_pb2.GenerateRequest, audio: edge_pb2.AudioInput, model
+) -> str | None:
+    """The spoken language of an audio request, after the checks that need no decoding (the
+    WAV itself is read, and refused, by the agent: ``edge/audio_request.py``)."""
+    if request.text:
+        raise InputError("text and audio: set one, not both")
+    if request.target_language:
+        raise InputError("target_language: must be empty with audio (use audio.language)")
+    if not audio.wav:
+        raise InputError("audio.wav: must not be empty")
+    if not audio.language:
+        return None
+    try:
+        speech.language_token(model.manifest, audio.language)
+    except InputError as exc:
+        raise InputError(f"audio.language: {exc}") from None
+    return audio.language
 
 
 def _final(outcome: Outcome) -> edge_pb2.GenerateFinal:
@@ -242,7 +284,10 @@ def create_edge_server(agent: Agent, max_workers: int = 2) -> tuple[grpc.Server,
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="edge"),
         interceptors=(admission,),
         options=[
-            ("grpc.max_receive_message_length", max_request_bytes(config.max_text_chars)),
+            (
+                "grpc.max_receive_message_length",
+                max_request_bytes(config.max_text_chars, config.max_audio_bytes),
+            ),
             # No per-connection stream limit: apps share one connection per socket, and a
             # stream over the limit on a new connection is reset (UNAVAILABLE), not refused
             # with the RESOURCE_EXHAUSTED edge.proto promises. Admission bounds the work.

@@ -17,8 +17,8 @@ Pure: no I/O, no clock; the cloud client feeds it each message as it arrives.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from tandem.errors import CloudViolation
 from tandem.v1 import decoder_pb2
@@ -41,13 +41,19 @@ class StreamLimits:
     eos_token_id: int
     max_new_tokens: int
     """The bundle's limit, used when a request leaves ``max_new_tokens`` at 0."""
+    prompts: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+    """A speech model's window prompts by first token (``speech.prompts``): a stream forced to
+    start with that token must start with the whole prompt."""
 
     @classmethod
     def from_manifest(cls, manifest) -> StreamLimits:
+        from tandem.runtime.speech import prompts
+
         return cls(
             vocab_size=manifest.dims.vocab_size,
             eos_token_id=manifest.tokens.eos,
             max_new_tokens=manifest.dims.max_target_length - 1,
+            prompts=prompts(manifest) if manifest.speech is not None else {},
         )
 
 
@@ -76,16 +82,22 @@ class StreamCheck:
             if params.WhichOneof("first_token") == "forced_first_token" and not prefix
             else None
         )
+        self._prompt = (
+            limits.prompts.get(self._forced, ()) if limits and self._forced is not None else ()
+        )
         self.replica = replica
         self.tokens: list[int] = []
         """The valid tokens so far (after the prefix sent)."""
 
     def _violation(self, reason: str, detail: str) -> CloudViolation:
         where = f" from {self.replica}" if self.replica else ""
+        # A valid prefix ends after the whole forced prompt, or is empty: a local resume from
+        # part of a prompt would decode from the wrong context.
+        valid = self.tokens if len(self.tokens) >= len(self._prompt) else []
         return CloudViolation(
             f"cloud stream{where} broke the contract ({reason}: {detail}) after "
-            f"{len(self.tokens)} valid tokens",
-            self.tokens,
+            f"{len(valid)} valid tokens",
+            valid,
             reason=reason,
             replica=self.replica,
         )
@@ -112,6 +124,10 @@ class StreamCheck:
             if position == 0 and self._forced is not None and token != self._forced:
                 raise self._violation(
                     "forced_first_token", f"first token {token}, requested {self._forced}"
+                )
+            if position < len(self._prompt) and token != self._prompt[position]:
+                raise self._violation(
+                    "forced_prompt", f"token {token} at {position}, the prompt has {self._prompt}"
                 )
             self.tokens.append(token)
         return ids

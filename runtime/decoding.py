@@ -38,6 +38,10 @@ class GenerationParams:
     """Stop token; None means the bundle's EOS."""
     prefix: tuple[int, ...] = ()
     """Tokens already generated (forced token included); decoding continues after them."""
+    forced_prompt: tuple[int, ...] = ()
+    """Tokens forced at the start of the generated sequence, as ``forced_first_token`` is one:
+    Whisper's prompt after the start of transcript (language, task, no-timestamps). Streamed
+    and counted like generated tokens; a non-empty ``prefix`` starts with all of them."""
 
     def resolved(self, manifest: Manifest) -> GenerationParams:
         """These params with defaults filled in from the bundle, validated."""
@@ -63,6 +67,25 @@ class GenerationParams:
             token = getattr(self, name)
             if token is not None and not 0 <= token < vocab:
                 raise InputError(f"{name} must be in [0, {vocab}), got {token}")
+        if self.forced_prompt:
+            first = self.forced_prompt[0]
+            if self.forced_first_token is not None and self.forced_first_token != first:
+                raise InputError(
+                    f"forced_first_token {self.forced_first_token} is not the forced prompt's "
+                    f"first token {first}"
+                )
+            if len(self.forced_prompt) >= self.max_new_tokens:
+                raise InputError(
+                    f"the forced prompt has {len(self.forced_prompt)} tokens, leaving no room "
+                    f"under max_new_tokens ({self.max_new_tokens})"
+                )
+            for i, token in enumerate(self.forced_prompt):
+                if not 0 <= token < vocab:
+                    raise InputError(
+                        f"forced_prompt[{i}] = {token} is outside the vocabulary [0, {vocab})"
+                    )
+            if self.prefix and self.prefix[: len(self.forced_prompt)] != self.forced_prompt:
+                raise InputError("prefix does not start with the forced prompt")
         if not self.prefix and self.forced_first_token is not None and self.max_new_tokens < 2:
             raise InputError(
                 "max_new_tokens must be at least 2 when a first token is forced "
@@ -84,6 +107,8 @@ class GenerationParams:
         """Generated tokens that exist before the first decoder step."""
         if self.prefix:
             return list(self.prefix)
+        if self.forced_prompt:
+            return list(self.forced_prompt)
         return [self.forced_first_token] if self.forced_first_token is not None else []
 
 

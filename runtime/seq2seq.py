@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,7 +188,7 @@ class Seq2Seq:
     def speech_params(
         self, language: str | None = None, max_new_tokens: int | None = None
     ) -> GenerationParams:
-        """Greedy params for one window: the Whisper prompt as prefix, the length bound.
+        """Greedy params for one window: the Whisper prompt forced, the length bound.
 
         ``language`` None on a multilingual model must be resolved first (``detect_language``).
         """
@@ -196,13 +196,18 @@ class Seq2Seq:
         multilingual = self.manifest.speech.multilingual
         if multilingual and lang is None and self.manifest.languages:
             raise InputError("a multilingual model needs a language (see detect_language)")
-        task = "transcribe" if multilingual else None
-        prompt = speech.build_prompt(self.manifest, lang, task)
-        new = speech.max_new_tokens(self.manifest, len(prompt), max_new_tokens)
-        prefix = tuple(prompt[1:])  # the start token is fed by the engine itself
-        return GenerationParams(max_new_tokens=len(prefix) + new, prefix=prefix).resolved(
-            self.manifest
-        )
+        prompt = speech.window_prompt(self.manifest, lang)  # the start token is the engine's
+        new = speech.max_new_tokens(self.manifest, len(prompt) + 1, max_new_tokens)
+        return self._prompted(prompt, new)
+
+    def _prompted(self, prompt: tuple[int, ...], new: int) -> GenerationParams:
+        """``new`` tokens after a forced ``prompt``; its first token is also sent as the forced
+        first token, from which the cloud derives the whole prompt (``speech.prompts``)."""
+        return GenerationParams(
+            max_new_tokens=len(prompt) + new,
+            forced_prompt=prompt,
+            forced_first_token=prompt[0] if prompt else None,
+        ).resolved(self.manifest)
 
     def transcribe(
         self,
@@ -215,8 +220,34 @@ class Seq2Seq:
         Without ``language`` a multilingual model detects it from the first window, as
         transformers does; an English-only model needs none. ``max_new_tokens`` bounds each window.
         """
+        runs = self.transcription(audio, language, max_new_tokens)
+        while True:
+            try:
+                next(runs)
+            except StopIteration as done:
+                return done.value
+
+    def transcription(
+        self,
+        audio: Audio | np.ndarray,
+        language: str | None = None,
+        max_new_tokens: int | None = None,
+        *,
+        encode: Callable[[np.ndarray], np.ndarray] | None = None,
+        decode: Callable[[np.ndarray, GenerationParams], Generation] | None = None,
+    ) -> Generator[list[int], None, Transcription]:
+        """``transcribe`` as a generator: yields each decoding run's kept ids as the run ends,
+        returns the ``Transcription``.
+
+        ``encode(features)`` → hidden states and ``decode(hidden, params)`` → ``Generation``
+        (start tokens first, as ``decode`` gives them) default to this machine's. The edge
+        agent passes its own, which route every run (local, cloud or handoff), so all routes
+        share this one loop and give the same ids.
+        """
         if not self.is_speech:
             raise InputError(f"bundle {self.manifest.name!r} is a text model; give it text")
+        encode = encode or self.encode_features
+        decode = decode or self.decode
         if language is not None:
             speech.language_token(self.manifest, language)  # fail before any work
         front = self._audio_features()
@@ -242,23 +273,21 @@ class Seq2Seq:
                 n = front.n_frames - seek
                 segment = np.zeros_like(feats)
                 segment[:, :n] = feats[:, seek:]
-                hidden = self.encode_features(segment)
+                hidden = encode(segment)  # (S, D) float32
                 if prompt is None:
                     if language is None and self.manifest.speech.multilingual:
                         language = self.detect_language(hidden)  # first segment, as transformers
-                    prompt = self.speech_params(language, max_new_tokens).prefix
+                    prompt = self.speech_params(language, max_new_tokens).forced_prompt
                 new_tokens = speech.max_new_tokens(
                     self.manifest, len(prompt) + 1, max_new_tokens, grown
                 )
                 grown = speech.grown_max_length(self.manifest, len(prompt) + 1, grown)
-                params = GenerationParams(
-                    max_new_tokens=len(prompt) + new_tokens, prefix=prompt
-                ).resolved(self.manifest)
-                generation = self.decode(hidden, params)
+                generation = decode(hidden, self._prompted(prompt, new_tokens))
                 done.append(generation)
                 new = speech.as_transformers(generation.ids[len(prompt) :], tokens.eos, tokens.pad)
                 kept, advance = speech.split_segments(new, first_ts, n, stride)
                 ids += kept
+                yield kept
                 text = self.detokenize(kept)
                 if text is not None and text.strip():
                     texts.append(text.strip())

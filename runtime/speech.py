@@ -80,6 +80,32 @@ def build_prompt(manifest: Manifest, language: int | None, task: str | None) -> 
     return [t for t in prompt if t is not None]
 
 
+def window_prompt(manifest: Manifest, language: int | None) -> tuple[int, ...]:
+    """The forced prompt of one window after the start of transcript, as ``Seq2Seq`` decodes
+    it: the language token (multilingual models), ``transcribe``, ``<|notimestamps|>``."""
+    speech = _speech(manifest)
+    task = "transcribe" if speech.multilingual else None
+    return tuple(build_prompt(manifest, language, task)[1:])
+
+
+def prompts(manifest: Manifest) -> dict[int, tuple[int, ...]]:
+    """Every window prompt this model can be decoded with, by its first token.
+
+    The first token tells them apart (the language token of a multilingual model; an
+    English-only model has one prompt), so a request that carries only a forced first token
+    says which prompt it means: that is how the cloud and the edge's stream check derive the
+    whole prompt from a ``DecodeRequest`` (see docs/speech.md).
+    """
+    speech = _speech(manifest)
+    languages = list(manifest.languages.values()) if speech.multilingual else []
+    out: dict[int, tuple[int, ...]] = {}
+    for language in languages or [None]:
+        prompt = window_prompt(manifest, language)
+        if prompt:
+            out.setdefault(prompt[0], prompt)
+    return out
+
+
 def begin_index(manifest: Manifest) -> int:
     """Length of the prompt (start token included): where ``begin_suppress_tokens`` apply.
 

@@ -135,9 +135,12 @@ class Draws:
     """Time covered by the run: last arrival plus a margin for the last requests to finish."""
 
 
-def make_draws(n_requests: int, scenario: Scenario, seed: int) -> Draws:
+def make_draws(n_requests: int, scenario: Scenario, seed: int, workload_maker=None) -> Draws:
+    """``workload_maker``: ``make_workload`` (text, the default) or another of its shape, such
+    as ``SpeechWorkload.maker()`` (sim/speech.py)."""
     rng = np.random.default_rng(seed)
-    workload = make_workload(n_requests, scenario.rate_per_s, rng, scenario.local_only_share)
+    maker = workload_maker or make_workload
+    workload = maker(n_requests, scenario.rate_per_s, rng, scenario.local_only_share)
     n = len(workload.requests)
     sigma = scenario.link.rtt_jitter
     rtt_jitter = rng.lognormal(0.0, sigma, size=n) if sigma > 0 else np.ones(n)
@@ -424,17 +427,19 @@ def run_experiment(
     cloud: Profile,
     cfg: PolicyConfig,
     progress=None,
+    workload_maker=None,
 ) -> tuple[Draws, list[RunResult], dict[str, RunResult]]:
     """Every trace x policy, plus the oracle of each trace (for regret) even if not asked for.
 
     Returns the shared draws, the requested runs in trace-then-policy order, and the oracle
     run per trace. ``device`` is the unscaled device profile; the scenario's device-speed
-    factor is applied here. ``progress(done, total, label)`` is called after each run.
+    factor is applied here. ``progress(done, total, label)`` is called after each run;
+    ``workload_maker`` is ``make_draws``'s (None: the text workload).
     """
     unknown = [p for p in policies if p not in SIM_POLICIES]
     if unknown:
         raise ConfigError(f"unknown policies {unknown}; choose from {', '.join(SIM_POLICIES)}")
-    draws = make_draws(n_requests, scenario, seed)
+    draws = make_draws(n_requests, scenario, seed, workload_maker)
     slow_device = device.scaled(scenario.device_speed_factor)
     total = len(traces) * (len(policies) + (0 if "oracle" in policies else 1))
     done = 0

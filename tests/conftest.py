@@ -99,3 +99,18 @@ def whisper_bundle(whisper_checkpoint, tmp_path_factory):
         return cache[(kind, int8)]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def whisper_text_bundle(whisper_checkpoint, tmp_path_factory) -> Path:
+    """The ``multi`` Whisper bundle with a tokenizer, so it transcribes to text too."""
+    import shutil
+
+    from tandem.runtime.export import export_hf
+
+    hf = tmp_path_factory.mktemp("hf_whisper_text") / "ckpt"
+    shutil.copytree(whisper_checkpoint("multi"), hf)
+    hf_models.write_whisper_tokenizer(hf / "tokenizer.json")
+    out = tmp_path_factory.mktemp("bundle_whisper_text")
+    export_hf(hf, out, overwrite=True)
+    return out

@@ -94,6 +94,21 @@ def register(subparsers) -> None:
     run.add_argument("--policy-config", type=Path, help="YAML mapping of PolicyConfig fields")
     run.add_argument("--device-profile", type=Path, help="device profile (default: shipped)")
     run.add_argument("--cloud-profile", type=Path, help="cloud profile (default: shipped)")
+    run.add_argument(
+        "--workload",
+        choices=("text", "speech"),
+        default="text",
+        help="text: the default model's requests; speech: one request per audio window",
+    )
+    run.add_argument(
+        "--window-s", type=float, default=30.0, help="speech: seconds of audio per window"
+    )
+    run.add_argument(
+        "--tokens-per-window", type=float, default=40.0, help="speech: mean tokens per window"
+    )
+    run.add_argument(
+        "--hidden-size", type=int, default=384, help="speech: the model's d_model (upload width)"
+    )
     run.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
     run.set_defaults(func=run_command)
 
@@ -190,6 +205,12 @@ def run_command(args: argparse.Namespace) -> int:
     cloud_path = args.cloud_profile or shipped_profile_path("cloud")
     device = load_profile(device_path)
     cloud = load_profile(cloud_path)
+    speech = None
+    if args.workload == "speech":
+        from tandem.sim.speech import SpeechWorkload
+
+        speech = SpeechWorkload(args.window_s, args.tokens_per_window, args.hidden_size)
+        device = speech.profile(device)  # uploads priced at the speech model's width
     traces = load_traces(args.traces)
 
     t0 = time.monotonic()
@@ -203,6 +224,7 @@ def run_command(args: argparse.Namespace) -> int:
         cloud,
         cfg,
         progress=_Progress(),
+        workload_maker=speech.maker() if speech is not None else None,
     )
     rows = [summarize(r, oracles[r.trace]) for r in results]
     checks = check_targets(rows, {name: float(o.cloud.mean()) for name, o in oracles.items()})
@@ -224,9 +246,17 @@ def run_command(args: argparse.Namespace) -> int:
             for t in traces
         },
     }
+    if speech is not None:  # the text workload's outputs stay as they were, key for key
+        meta["workload"] = {"kind": "speech", "src_len": speech.src_len,
+                            **dataclasses.asdict(speech)}  # fmt: skip
     written = write_outputs(args.out, rows, checks, meta, traces, results, plots=not args.no_plots)
     elapsed = time.monotonic() - t0
 
+    if speech is not None:
+        print(
+            f"speech workload: {speech.window_s:g} s windows ({speech.src_len} x "
+            f"{speech.hidden_size} hidden states), {speech.tokens_per_window:g} tokens per window"
+        )
     print(format_table(rows))
     print()
     print(format_checks(checks))

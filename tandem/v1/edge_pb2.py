@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tandem.v1 import decoder_pb2 as tandem_dot_v1_dot_decoder__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tandem/v1/edge.proto\x12\ttandem.v1\x1a\x17tandem/v1/decoder.proto\"\x8d\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x17\n\x0ftarget_language\x18\x03 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x12\n\nlocal_only\x18\x05 \x01(\x08\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\r\"j\n\rGenerateEvent\x12%\n\x05piece\x18\x01 \x01(\x0b\x32\x14.tandem.v1.TextPieceH\x00\x12)\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x18.tandem.v1.GenerateFinalH\x00\x42\x07\n\x05\x65vent\"5\n\tTextPiece\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\x03\x12\r\n\x05start\x18\x03 \x01(\r\"\xf1\x01\n\rGenerateFinal\x12\r\n\x05route\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\tfallbacks\x18\x03 \x03(\t\x12\x11\n\tencode_ms\x18\x04 \x01(\x01\x12\x11\n\tupload_ms\x18\x05 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x06 \x01(\x01\x12\x10\n\x08total_ms\x18\x07 \x01(\x01\x12\x0c\n\x04text\x18\x08 \x01(\t\x12\x0b\n\x03ids\x18\t \x03(\x03\x12\x13\n\x0btoken_count\x18\n \x01(\r\x12.\n\rfinish_reason\x18\x0b \x01(\x0e\x32\x17.tandem.v1.FinishReason2J\n\x04\x45\x64ge\x12\x42\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x18.tandem.v1.GenerateEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tandem/v1/edge.proto\x12\ttandem.v1\x1a\x17tandem/v1/decoder.proto\"\xb3\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x17\n\x0ftarget_language\x18\x03 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x12\n\nlocal_only\x18\x05 \x01(\x08\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\r\x12$\n\x05\x61udio\x18\x07 \x01(\x0b\x32\x15.tandem.v1.AudioInput\"+\n\nAudioInput\x12\x0b\n\x03wav\x18\x01 \x01(\x0c\x12\x10\n\x08language\x18\x02 \x01(\t\"j\n\rGenerateEvent\x12%\n\x05piece\x18\x01 \x01(\x0b\x32\x14.tandem.v1.TextPieceH\x00\x12)\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x18.tandem.v1.GenerateFinalH\x00\x42\x07\n\x05\x65vent\"5\n\tTextPiece\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\x03\x12\r\n\x05start\x18\x03 \x01(\r\"\xf1\x01\n\rGenerateFinal\x12\r\n\x05route\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\tfallbacks\x18\x03 \x03(\t\x12\x11\n\tencode_ms\x18\x04 \x01(\x01\x12\x11\n\tupload_ms\x18\x05 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x06 \x01(\x01\x12\x10\n\x08total_ms\x18\x07 \x01(\x01\x12\x0c\n\x04text\x18\x08 \x01(\t\x12\x0b\n\x03ids\x18\t \x03(\x03\x12\x13\n\x0btoken_count\x18\n \x01(\r\x12.\n\rfinish_reason\x18\x0b \x01(\x0e\x32\x17.tandem.v1.FinishReason2J\n\x04\x45\x64ge\x12\x42\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x18.tandem.v1.GenerateEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tandem.v1.edge_pb2', _globa
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=61
-  _globals['_GENERATEREQUEST']._serialized_end=202
-  _globals['_GENERATEEVENT']._serialized_start=204
-  _globals['_GENERATEEVENT']._serialized_end=310
-  _globals['_TEXTPIECE']._serialized_start=312
-  _globals['_TEXTPIECE']._serialized_end=365
-  _globals['_GENERATEFINAL']._serialized_start=368
-  _globals['_GENERATEFINAL']._serialized_end=609
-  _globals['_EDGE']._serialized_start=611
-  _globals['_EDGE']._serialized_end=685
+  _globals['_GENERATEREQUEST']._serialized_end=240
+  _globals['_AUDIOINPUT']._serialized_start=242
+  _globals['_AUDIOINPUT']._serialized_end=285
+  _globals['_GENERATEEVENT']._serialized_start=287
+  _globals['_GENERATEEVENT']._serialized_end=393
+  _globals['_TEXTPIECE']._serialized_start=395
+  _globals['_TEXTPIECE']._serialized_end=448
+  _globals['_GENERATEFINAL']._serialized_start=451
+  _globals['_GENERATEFINAL']._serialized_end=692
+  _globals['_EDGE']._serialized_start=694
+  _globals['_EDGE']._serialized_end=768
 # @@protoc_insertion_point(module_scope)

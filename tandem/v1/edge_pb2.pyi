@@ -8,20 +8,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "text", "target_language", "max_new_tokens", "local_only", "deadline_ms")
+    __slots__ = ("request_id", "text", "target_language", "max_new_tokens", "local_only", "deadline_ms", "audio")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TARGET_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_ONLY_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     text: str
     target_language: str
     max_new_tokens: int
     local_only: bool
     deadline_ms: int
-    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., target_language: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., local_only: _Optional[bool] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+    audio: AudioInput
+    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., target_language: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., local_only: _Optional[bool] = ..., deadline_ms: _Optional[int] = ..., audio: _Optional[_Union[AudioInput, _Mapping]] = ...) -> None: ...
+
+class AudioInput(_message.Message):
+    __slots__ = ("wav", "language")
+    WAV_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    wav: bytes
+    language: str
+    def __init__(self, wav: _Optional[bytes] = ..., language: _Optional[str] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
     __slots__ = ("piece", "final")

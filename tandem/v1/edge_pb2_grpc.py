@@ -47,17 +47,19 @@ class EdgeServicer:
     """
 
     def Generate(self, request, context):
-        """Generates the output for one input text and streams it as it is produced.
+        """Generates the output for one input text (or, for a speech model, one audio input) and
+        streams it as it is produced.
 
         The stream is zero or more `GenerateEvent.piece` messages followed by exactly one
         `GenerateEvent.final`. Pieces are never retracted: when the cloud stream breaks, local
         decoding resumes after the tokens already streamed, so the app can display pieces as they
         come. Errors are gRPC statuses: INVALID_ARGUMENT (empty text, text over the agent's
-        max_text_chars, unknown language), RESOURCE_EXHAUSTED (the agent already serves
+        max_text_chars, unknown language, text to a speech model or audio to a text model, bad
+        audio: see AudioInput), RESOURCE_EXHAUSTED (the agent already serves
         max_concurrent requests, or too many calls are still sending theirs: retry later; requests
         never queue), DEADLINE_EXCEEDED. A request message over max(4 MiB, 4 * max_text_chars +
-        1 KiB) bytes is refused by the transport with RESOURCE_EXHAUSTED before the agent reads it;
-        a call that sends no request message within 1 s is cancelled.
+        1 KiB, max_audio_bytes + 64 KiB) bytes is refused by the transport with RESOURCE_EXHAUSTED
+        before the agent reads it; a call that sends no request message within 1 s is cancelled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -208,3 +210,30 @@ def test_warm_up_runs_every_part_within_the_bundles_limits_and_changes_no_output
     assert fresh.warm_up(src_len=0, steps=0) > 0
     after = fresh.decode(fresh.encode(source), GenerationParams(max_new_tokens=12)).ids
     assert after == before
+
+
+def test_a_forced_prompt_is_generated_first_and_a_prefix_keeps_it(model):
+    """Whisper's prompt as a forced prompt: streamed and counted like a forced first token, a
+    resumed decode continues after it, and its rules are InputErrors."""
+    source = [5, 6, 7, 8]
+    hidden = model.encode(source)
+    prompt = (11, 12, 13)
+    params = GenerationParams(max_new_tokens=12, forced_prompt=prompt, forced_first_token=11)
+    full = model.decode(hidden, params)
+    assert tuple(full.ids[:3]) == prompt
+    # The same computation as the prompt given as a prefix, and a resume from any cut after it.
+    assert model.decode(hidden, GenerationParams(max_new_tokens=12, prefix=prompt)).ids == full.ids
+    for cut in range(3, len(full.ids)):
+        resumed = model.decode(hidden, GenerationParams(
+            max_new_tokens=12, forced_prompt=prompt, prefix=tuple(full.ids[:cut])))  # fmt: skip
+        assert resumed.ids == full.ids
+    manifest = model.manifest
+    for bad, words in [
+        (dict(forced_first_token=12), "is not the forced prompt's first token 11"),
+        (dict(max_new_tokens=3), "leaving no room under max_new_tokens"),
+        (dict(prefix=(11, 12)), "prefix does not start with the forced prompt"),
+        (dict(forced_prompt=(11, 10**9)), "forced_prompt[1] = 1000000000 is outside"),
+    ]:
+        fields = dict(max_new_tokens=12, forced_prompt=prompt, forced_first_token=11) | bad
+        with pytest.raises(InputError, match=re.escape(words)):
+            GenerationParams(**fields).resolved(manifest)

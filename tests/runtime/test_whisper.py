@@ -100,7 +100,7 @@ def test_other_checkpoints_match_transformers(kind, whisper_checkpoint, whisper_
     if kind == "timestamps":
         assert runs > 1, "no input made transformers resume within the window"
     if kind == "en":
-        assert model.speech_params().prefix == (50362,)  # <|notimestamps|> only
+        assert model.speech_params().forced_prompt == (50362,)  # <|notimestamps|> only
         assert model.transcribe(np.zeros(800, np.float32), "en").language is None
     if kind == "eos":
         assert "eos" in finishes

@@ -319,12 +319,8 @@ class Agent(AgentLearning):
         hedge_ms = decision.hedge_deadline_ms  # None: no hedge, only the first-token timeout
         wait_s = self.config.cloud.first_token_timeout_s if hedge_ms is None else hedge_ms / 1000
         race = Race(sent, params, self, self.metrics, wait_s, hedging=hedge_ms is not None,
-                    decode_locally=lambda p: LocalDecode(self.model, hidden, p, self.clock),
-                    clock=self.clock)  # fmt: skip
-        result = yield from race.run()
-        outcome.route, outcome.ids, outcome.finish = result.route, result.ids, result.finish
-        outcome.fallbacks.extend(result.fallbacks)
-        outcome.first_token_ms, outcome.upload_ms = result.first_token_ms, result.upload_ms
+                    decode_locally=self._decoder_of(hidden), clock=self.clock)  # fmt: skip
+        _adopt(outcome, (yield from race.run()))
 
     def _handoff(self, rid, ids, hidden, params, decision, outcome, request) -> Iterator[Piece]:
         """HANDOFF: local decoding at once, the upload in parallel, the cloud continuing from
@@ -332,19 +328,20 @@ class Agent(AgentLearning):
         message = self._decode_request(rid, ids, hidden, params)
         call = self.cloud.handoff(message, self._deadline_s(decision, request))
         sent = SentCall(call, rid, self.clock(), message.ByteSize())
-        settings = self.config.cloud
-        hedge_ms = decision.hedge_deadline_ms
-        race = HandoffRace(
-            sent,
-            params,
-            self,
-            self.metrics,
-            ack_timeout_s=settings.first_token_timeout_s if hedge_ms is None else hedge_ms / 1000,
-            stall_s=settings.handoff_stall_s,
-            decode_locally=lambda p: LocalDecode(self.model, hidden, p, self.clock),
-            clock=self.clock,
-        )
-        result = yield from race.run()
-        outcome.route, outcome.ids, outcome.finish = result.route, result.ids, result.finish
-        outcome.fallbacks.extend(result.fallbacks)
-        outcome.first_token_ms, outcome.upload_ms = result.first_token_ms, result.upload_ms
+        settings, hedge_ms = self.config.cloud, decision.hedge_deadline_ms
+        ack_s = settings.first_token_timeout_s if hedge_ms is None else hedge_ms / 1000
+        race = HandoffRace(sent, params, self, self.metrics, ack_timeout_s=ack_s,
+                           stall_s=settings.handoff_stall_s,
+                           decode_locally=self._decoder_of(hidden), clock=self.clock)  # fmt: skip
+        _adopt(outcome, (yield from race.run()))
+
+    def _decoder_of(self, hidden):
+        """A race's local decoding of this request, from any ``params.prefix``."""
+        return lambda params: LocalDecode(self.model, hidden, params, self.clock)
+
+
+def _adopt(outcome: Outcome, result) -> None:
+    """Copy a race's result (``tandem.edge.race.RaceResult``) into the request's outcome."""
+    outcome.route, outcome.ids, outcome.finish = result.route, result.ids, result.finish
+    outcome.fallbacks.extend(result.fallbacks)
+    outcome.first_token_ms, outcome.upload_ms = result.first_token_ms, result.upload_ms

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tandem.edge.race import Piece
+from tandem.edge.local_decode import Piece
 from tandem.errors import InputError
 from tandem.policy import Profile
 from tandem.runtime import codec as codec_mod

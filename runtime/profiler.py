@@ -8,6 +8,7 @@ serves requests, keeps the policy's predictions honest. Format (YAML, ``tandem-p
     model: {name, fingerprint, hidden_size, vocab_size, encoder_layers, decoder_layers}
     host: {description, cpu_count, intra_op_threads, onnxruntime}
     encoder_ms:       [{src_len, ms}]          # encoder + cross-cache init, batch 1
+                                               # (speech: one window, at its output rows)
     decoder_step_ms:  [{batch, position, ms}]  # one step: every row advances one token
     part_bytes: {encoder, cache_init, decoder}
     peak_rss_mb: float
@@ -71,18 +72,33 @@ def measure_profile(
     def source(n: int) -> list[int]:
         return [int(t) for t in rng.integers(low, vocab, size=n)]
 
-    encoder_ms = []
-    for n in src_lens:
-        ids = source(n)
+    cache_init = model.bundle.sessions["cache_init"]
+    if m.audio is not None:
+        # A speech encoder takes one fixed window whatever was said: one point, at the rows it
+        # outputs (the source length the policy prices an upload and a cloud decode at).
+        features = (0.1 * rng.standard_normal((m.audio.n_mels, m.audio.n_frames))).astype(
+            np.float32
+        )
+        hidden = model.encode_features(features)
 
-        def encode(ids=ids):
-            hidden = model.encode(ids)
-            model.bundle.sessions["cache_init"].run(None, {"hidden_states": hidden[None]})
+        def encode_window():
+            out = model.encode_features(features)
+            cache_init.run(None, {"hidden_states": out[None]})
 
-        encoder_ms.append({"src_len": n, "ms": _median_ms(encode, repeats)})
+        encoder_ms = [{"src_len": int(hidden.shape[0]), "ms": _median_ms(encode_window, repeats)}]
+    else:
+        encoder_ms = []
+        for n in src_lens:
+            ids = source(n)
+
+            def encode(ids=ids):
+                out = model.encode(ids)
+                cache_init.run(None, {"hidden_states": out[None]})
+
+            encoder_ms.append({"src_len": n, "ms": _median_ms(encode, repeats)})
+        hidden = model.encode(source(min(16, m.dims.max_source_length)))
 
     decoder_ms = []
-    hidden = model.encode(source(min(16, m.dims.max_source_length)))
     for batch_size in batches:
         for position in positions:
             batch = model.new_batch()

@@ -99,6 +99,24 @@ def test_export_and_profile_commands(hf_checkpoint, tmp_path):
     assert data["peak_rss_mb"] > 0
 
 
+def test_profile_of_a_speech_bundle_prices_one_window(whisper_bundle, tmp_path):
+    """A speech encoder takes one fixed window: one point, at the rows it outputs, which the
+    policy reads as the source length of every window's upload and cloud decode."""
+    from tandem.policy import Profile
+    from tandem.runtime.seq2seq import Seq2Seq
+
+    bundle = whisper_bundle("multi")
+    profile = tmp_path / "profile.yaml"
+    out = tandem("profile", "--bundle", str(bundle), "--out", str(profile), "--quick")
+    assert out.returncode == 0, out.stderr.decode()
+    data = yaml.safe_load(profile.read_text())
+    manifest = Seq2Seq.load(bundle).manifest
+    assert [p["src_len"] for p in data["encoder_ms"]] == [manifest.audio.n_frames // 2]
+    assert all(p["ms"] > 0 for p in data["encoder_ms"] + data["decoder_step_ms"])
+    loaded = Profile.from_dict(data, where=str(profile))
+    assert loaded.hidden_size == manifest.dims.hidden_size
+
+
 def test_every_command_module_imports_and_is_listed():
     """A command that cannot be imported is an error here, never a subcommand silently missing."""
     import importlib

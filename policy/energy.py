@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 DEFAULT_POWER_W = 2.0
 """Device compute power while an inference run is active, when the profile has no measured
 ``power_w``: an assumed figure for a mid-range phone's big-core cluster running at full load
-(a few watts; not a measurement). ``tandem profile`` should measure it where the platform
-exposes an energy counter; set ``power_w`` in the device profile to override it."""
+(a few watts; not a measurement). ``tandem profile`` measures it where Linux's RAPL counters
+can be read and writes this default otherwise; set ``power_w`` in the device profile to
+override it."""
 
 
 @dataclass(frozen=True)

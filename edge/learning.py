@@ -57,7 +57,8 @@ class AgentLearning:
         self._learn(AgentKnowledge.probe_result, rtt_ms)
 
     def call_late(self, sent: SentCall, abandoned: bool) -> None:
-        self._learn(AgentKnowledge.call_late, sent.sent_s, sent.nbytes)
+        # Not abandoned: a hedge - local decoding started and the call goes on.
+        self._learn(AgentKnowledge.call_late, sent.sent_s, sent.nbytes, hedged=not abandoned)
         if abandoned:
             self.breaker.record_failure(self.clock())
 

@@ -45,7 +45,8 @@ def event_at(draw, t: float):
     if kind == "result":
         return ProbeResult(t, draw(st.none() | st.floats(0.5, 3000.0)))
     if kind == "late":
-        return CallLate(t, t - draw(st.floats(0.01, 10.0)), draw(st.integers(100, 10**6)))
+        return CallLate(t, t - draw(st.floats(0.0, 10.0)), draw(st.integers(100, 10**6)),
+                        draw(st.booleans()))  # fmt: skip
     if kind == "failed":
         return CallFailed(t)
     if kind == "radio":  # a call held the radio from its start until now; tokens as priced
@@ -105,10 +106,12 @@ def _agent_feeds(agent, event, extra) -> None:
             agent.probe_sent()
         case ProbeResult(_, rtt_ms):
             agent.probe_result(rtt_ms)
-        case CallLate(_, sent_s, nbytes):
+        case CallLate(_, sent_s, nbytes, hedged):
             sent = SentCall(None, "r", sent_s, nbytes)
-            if nbytes % 2:  # our own first-token timeout, or the call's deadline firing
-                agent.call_late(sent, abandoned=bool(nbytes % 3))
+            if hedged:  # the hedge fired: local decoding starts, the call goes on
+                agent.call_late(sent, abandoned=False)
+            elif nbytes % 2:  # our own first-token timeout, or the call's deadline firing
+                agent.call_late(sent, abandoned=True)
             else:
                 agent.call_failed(sent, CloudDeadline("no token before the deadline"))
         case CallFailed():

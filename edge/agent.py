@@ -137,7 +137,9 @@ class Agent(AgentLearning):
         if config.cloud.enabled:
             # Every cloud stream is checked against this bundle (edge/stream_check.py).
             self.cloud = CloudClient(
-                config.cloud, limits=StreamLimits.from_manifest(model.manifest)
+                config.cloud,
+                limits=StreamLimits.from_manifest(model.manifest),
+                on_radio_use=self.radio_used,  # each call's end: the radio's state
             )
         self.load = DeviceLoadProbe()
         self._stop = threading.Event()

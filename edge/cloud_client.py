@@ -101,6 +101,49 @@ class CloudOutcome:
     attempts: int
 
 
+@dataclass(frozen=True)
+class RadioUse:
+    """How long one call held the device's radio and what it moved, told once when the call
+    ends (its final message, its failure, or our cancelling it): what the agent's energy
+    knowledge learns (``AgentKnowledge.radio_used``)."""
+
+    duration_s: float
+    """From the call's start to its end."""
+    up_bytes: int
+    """Request bytes handed to the channel: each attempt's message, and a Handoff's prefix. A
+    call dropped mid-upload counts its whole message: gRPC does not say how far it got."""
+    tokens: int
+    """Tokens received."""
+
+
+class _RadioLedger:
+    """What a call has held of the radio so far; reports a ``RadioUse`` once, at its end."""
+
+    def __init__(self, client: CloudClient) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._began_s: float | None = None
+        self._reported = False
+        self.up_bytes = 0
+        self.tokens = 0
+
+    def began(self) -> None:
+        self._began_s = time.monotonic()
+
+    def end(self) -> None:
+        """The call stopped using the radio (safe to call again, from any thread)."""
+        with self._lock:
+            if self._reported or self._began_s is None or not self.up_bytes:
+                return
+            self._reported = True
+            use = RadioUse(time.monotonic() - self._began_s, self.up_bytes, self.tokens)
+        if self._client.on_radio_use is not None:
+            try:
+                self._client.on_radio_use(use)
+            except Exception:  # a ledger must never break the call it watches
+                log.exception("radio use report failed")
+
+
 class CloudCall:
     """One request's journey to the cloud; ``cancel()`` from any thread stops it."""
 
@@ -112,12 +155,14 @@ class CloudCall:
         self._call = None
         self.cancelled = False
         self.attempts = 0
+        self._radio = _RadioLedger(client)
 
     def cancel(self) -> None:
         with self._lock:
             self.cancelled = True
             if self._call is not None:
                 self._call.cancel()
+        self._radio.end()
 
     def _open(self, remaining_s: float):
         with self._lock:
@@ -129,16 +174,25 @@ class CloudCall:
                 metadata=self._client.metadata,
                 wait_for_ready=False,
             )
+            self._radio.up_bytes += self._request.ByteSize()
             return self._call
 
     def run(self, on_tokens: Callable[[int, list[int]], None] | None = None) -> CloudOutcome:
         """Stream the call to its end; ``on_tokens(start, ids)`` sees each chunk as it arrives.
+        Its end, however it comes, is reported to the client's ``on_radio_use``.
 
         Raises CloudUnavailable (CloudDeadline when the deadline passed) / FingerprintMismatch
         / CloudError before the first token and StreamBroken (carrying the tokens so far) after
         it, or when the replica ended the stream early (FINISH_REASON_CANCELLED, possibly with
         no token at all, or _DEADLINE after some).
         """
+        self._radio.began()
+        try:
+            return self._run(on_tokens)
+        finally:
+            self._radio.end()
+
+    def _run(self, on_tokens: Callable[[int, list[int]], None] | None) -> CloudOutcome:
         start = time.monotonic()
         end = start + self._deadline_s
         settings = self._client.settings
@@ -198,6 +252,7 @@ class CloudCall:
                     if ttft_s is None:
                         ttft_s = time.monotonic() - start
                     tokens.extend(chunk)
+                    self._radio.tokens = len(tokens)
                     if on_tokens is not None:
                         on_tokens(expected, chunk)
                 elif kind == "final":
@@ -261,6 +316,7 @@ class HandoffCall:
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.cancelled = False
         self.attempts = 0
+        self._radio = _RadioLedger(client)
 
     def cancel(self) -> None:
         with self._lock:
@@ -268,6 +324,7 @@ class HandoffCall:
             if self._call is not None:
                 self._call.cancel()
         self._outbox.put(None)  # ends the request stream, whatever it waits for
+        self._radio.end()
 
     def _requests(self):
         yield decoder_pb2.HandoffRequest(start=self._request)
@@ -288,8 +345,16 @@ class HandoffCall:
         ``on_tokens(start, ids)`` sees each checked chunk. The outcome's ``tokens`` follow the
         prefix. Raises as ``CloudCall.run`` does (StreamBroken's tokens follow the prefix too),
         HandoffUnsupported for a replica without the method, and CloudViolation (reason
-        ``handoff_order``) for tokens before the acknowledgement or a second one.
+        ``handoff_order``) for tokens before the acknowledgement or a second one. Its end,
+        however it comes, is reported to the client's ``on_radio_use``.
         """
+        self._radio.began()
+        try:
+            return self._run(prefix_now, on_accepted, on_tokens)
+        finally:
+            self._radio.end()
+
+    def _run(self, prefix_now, on_accepted, on_tokens) -> CloudOutcome:
         start = time.monotonic()
         with self._lock:
             if self.cancelled:
@@ -301,6 +366,7 @@ class HandoffCall:
                 metadata=self._client.metadata,
                 wait_for_ready=False,
             )
+            self._radio.up_bytes += self._request.ByteSize()
         tokens: list[int] = []
         ttft_s: float | None = None
         final = None
@@ -314,6 +380,10 @@ class HandoffCall:
                         raise _order_violation(call, self._client, "a second acknowledgement")
                     prefix = list(prefix_now())
                     self._outbox.put(prefix)
+                    prefix_message = decoder_pb2.HandoffPrefix(ids=prefix)
+                    self._radio.up_bytes += decoder_pb2.HandoffRequest(
+                        prefix=prefix_message
+                    ).ByteSize()
                     check = StreamCheck(
                         self._request, self._client.limits, _replica(call, self._client), prefix
                     )
@@ -327,6 +397,7 @@ class HandoffCall:
                     if ttft_s is None:
                         ttft_s = time.monotonic() - start
                     tokens.extend(chunk)
+                    self._radio.tokens = len(tokens)
                     if on_tokens is not None:
                         on_tokens(expected, chunk)
                 elif kind == "final":
@@ -383,10 +454,14 @@ class CloudClient:
         settings: CloudSettings,
         sleep: Callable[[float], None] = time.sleep,
         limits: StreamLimits | None = None,
+        on_radio_use: Callable[[RadioUse], None] | None = None,
     ):
         self.settings = settings
         self.sleep = sleep
         self.limits = limits
+        self.on_radio_use = on_radio_use
+        """Told once per call, at its end, how long it held the radio and what it moved (the
+        agent's energy knowledge); called from the call's thread or the canceller's."""
         """The edge bundle's vocabulary, EOS and length limit: every cloud stream is checked
         against them (``StreamCheck``); None checks only what the request itself says."""
         token = settings.bearer_token()

@@ -1,7 +1,8 @@
 """What the edge agent learns: the one door every measurement takes into its knowledge.
 
 Probes (``edge/probes.py``), the race between cloud and local decoding (``edge/race.py``,
-through its ``Learner`` protocol) and the finished request each report here; each event reaches
+through its ``Learner`` protocol), every cloud call's use of the radio (``CloudClient``'s
+``on_radio_use``, told once when a call ends) and the finished request each report here; each event reaches
 ``AgentKnowledge`` at the agent's clock, under the agent's lock (request threads and the pinger
 share the knowledge), and the estimates it implies are published as metrics. The same events,
 by the same names, are what the simulator derives from its link model, so a simulated agent
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Callable
 
 from tandem.edge.breaker import CircuitBreaker
-from tandem.edge.cloud_client import CloudOutcome, HandoffUnsupported
+from tandem.edge.cloud_client import CloudOutcome, HandoffUnsupported, RadioUse
 from tandem.edge.metrics import EdgeMetrics
 from tandem.edge.race import SentCall
 from tandem.errors import CloudDeadline, CloudViolation
@@ -56,7 +57,8 @@ class AgentLearning:
         self._learn(AgentKnowledge.probe_result, rtt_ms)
 
     def call_late(self, sent: SentCall, abandoned: bool) -> None:
-        self._learn(AgentKnowledge.call_late, sent.sent_s, sent.nbytes)
+        # Not abandoned: a hedge - local decoding started and the call goes on.
+        self._learn(AgentKnowledge.call_late, sent.sent_s, sent.nbytes, hedged=not abandoned)
         if abandoned:
             self.breaker.record_failure(self.clock())
 
@@ -116,6 +118,20 @@ class AgentLearning:
         else:
             self._learn(AgentKnowledge.call_failed)
         self.breaker.record_failure(self.clock())
+
+    def radio_used(self, use: RadioUse) -> float:
+        """A cloud call (CLOUD or HANDOFF) stopped holding the radio just now: its final
+        message came, it failed, or the race cancelled it (a hedge lost, a Handoff's local run
+        won, its stream stalled). Its start is ``use.duration_s`` before now on the agent's
+        clock; tokens count ``token_bytes`` each, as the policy prices them. Returns the
+        joules it added, which the metrics count."""
+        joules = self._learn(
+            lambda k, now: k.radio_used(
+                now - use.duration_s, now, use.up_bytes, use.tokens * k.cfg.token_bytes
+            )
+        )
+        self.metrics.radio(joules)
+        return joules
 
     def request_done(self, target: str | None, src_len: int, ids: list[int], finish: str) -> None:
         steps = len(ids) + (finish == "eos")  # decoder steps, EOS included

@@ -38,6 +38,11 @@ class EdgeMetrics:
             "(local decoding finished first), or the reason the cloud was dropped",
             ["outcome"], registry=r,
         )  # fmt: skip
+        self.radio_j = Counter(
+            "tandem_edge_radio_joules",
+            "Radio energy the cloud calls added, as the policy's model of the network type "
+            "prices it (promotion, transfer, tail)", registry=r,
+        )  # fmt: skip
         self.rtt = Gauge("tandem_edge_rtt_ms", "Estimated RTT to the cloud (ms)", registry=r)
         self.uplink = Gauge("tandem_edge_uplink_bps", "Estimated uplink (bit/s)", registry=r)
         self.loss = Gauge("tandem_edge_loss_rate", "Recent failure rate of cloud calls", registry=r)
@@ -57,6 +62,9 @@ class EdgeMetrics:
     def handoff(self, outcome: str) -> None:
         self.handoffs.labels(outcome=outcome).inc()
         self.counts[f"handoff:{outcome}"] = self.counts.get(f"handoff:{outcome}", 0) + 1
+
+    def radio(self, joules: float) -> None:
+        self.radio_j.inc(max(0.0, joules))
 
     def finished(self, outcome) -> None:
         self.requests.labels(route=outcome.route).inc()

@@ -21,8 +21,9 @@ Order of rules, for every policy:
   finishes locally after the hedge deadline (or the call deadline, without hedge).
 
 It picks the smaller, with hysteresis, and gives CLOUD a hedge deadline: ``hedge_factor`` x the
-pessimistic time to first token + ``hedge_slack_ms``; if no token has arrived by then the agent
-also starts decoding locally and keeps whichever finishes first. Every term of CLOUD grows as
+expected time to first token + ``hedge_slack_ms``, and with the latency objective never more
+than the time the cloud is predicted to save (``latency_hedge_ms``); if no token has arrived by
+then the agent also starts decoding locally and keeps whichever finishes first. Every term of CLOUD grows as
 bandwidth shrinks, so more bandwidth never turns CLOUD into LOCAL.
 """
 
@@ -279,8 +280,21 @@ def decide(
     else:
         go_cloud = costs.cloud_ms < costs.local_ms
     if go_cloud:
-        return cloud_route("cloud_faster", costs.hedge_deadline_ms)
+        return cloud_route("cloud_faster", latency_hedge_ms(costs))
     return local("local_faster")
+
+
+def latency_hedge_ms(costs: RouteCosts) -> float | None:
+    """The hedge deadline of a CLOUD route chosen for latency: the usual one (a first token
+    later than expected), but never later than the time the cloud is predicted to save over
+    local decoding. Beyond that, waiting for the cloud can only lose: with a hedge the cloud
+    keeps going and the first to finish wins, so starting local decoding then costs this
+    request no time, while a cloud that stalls (an outage starting) costs every millisecond
+    waited. A near tie therefore starts both at once."""
+    if costs.hedge_deadline_ms is None:
+        return None
+    saving_ms = max(0.0, costs.local_ms - costs.cloud_ms)
+    return min(costs.hedge_deadline_ms, saving_ms)
 
 
 def _choose(
@@ -332,12 +346,15 @@ def _choose(
         if mean:
             credit = max(0.0, credit_ms + budget - best[1])
     route, _, energy, _ = best
+    hedge = costs.hedge_deadline_ms
+    if objective == "latency":
+        hedge = latency_hedge_ms(costs)
     return Decision(
         route,
         reason,
         costs.local_ms,
         costs.cloud_ms,
-        costs.hedge_deadline_ms if route is Route.CLOUD else None,
+        hedge if route is Route.CLOUD else None,
         handoff_ms=costs.handoff_ms if handoff else None,
         energy_j=energy,
         latency_credit_ms=credit,

@@ -8,7 +8,7 @@ Two parts, both pure (time is an argument, nothing is read from a clock):
   the profile has none).
 - **radio**: a state machine per network type (``RADIOS``), after Huang et al., "A Close
   Examination of Performance and Power Characteristics of 4G LTE Networks", MobiSys 2012
-  (Tables 3 and 4): an idle radio pays a *promotion* before it can send; while data flows it
+  (its power model table; see ``RADIOS`` for which values are checked): an idle radio pays a *promotion* before it can send; while data flows it
   draws ``base_mw`` plus ``up_mw_per_mbps`` x uplink Mbit/s plus ``down_mw_per_mbps`` x downlink
   Mbit/s — integrated over a transfer that is ``base_mw`` x its duration plus a fixed energy
   per Mbit each way; after the last packet it stays in a high-power *tail* (one or more phases)
@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 DEFAULT_POWER_W = 2.0
 """Device compute power while an inference run is active, when the profile has no measured
 ``power_w``: an assumed figure for a mid-range phone's big-core cluster running at full load
-(a few watts; not a measurement). ``tandem profile`` should measure it where the platform
-exposes an energy counter; set ``power_w`` in the device profile to override it."""
+(a few watts; not a measurement). ``tandem profile`` measures it where Linux's RAPL counters
+can be read and writes this default otherwise; set ``power_w`` in the device profile to
+override it."""
 
 
 @dataclass(frozen=True)
@@ -88,52 +89,65 @@ class RadioModel:
         ) / 1000.0
 
 
-_HUANG = "Huang et al., MobiSys 2012, Tables 3-4"
+_HUANG = "Huang et al., MobiSys 2012 (power model table: LTE, 3G, WiFi)"
+_UNCHECKED = "not checked against the paper's table"
 
+# Where each number comes from. Huang et al., "A Close Examination of Performance and Power
+# Characteristics of 4G LTE Networks", MobiSys 2012, give one power model table for LTE, 3G and
+# WiFi: alpha_u, alpha_d (mW per Mbit/s up/down), beta (mW, active base), and the promotion and
+# tail phases (mW, ms). The LTE row below is the one the project's issue quotes from it
+# (438.39 / 51.97 / 1288.04 mW, tail 11.576 s at 1060 mW). The paper's table itself could not be
+# read from the sources available when these defaults were last reviewed, so every value not
+# quoted in the issue is marked "unchecked" below: it is the value this module has carried since
+# it was written, attributed to the same table, and it may be wrong. Check it against the paper
+# before relying on a single figure.
 RADIOS: dict[str, RadioModel] = {
     "lte": RadioModel(
         "lte",
-        up_mw_per_mbps=438.39,
-        down_mw_per_mbps=51.97,
-        base_mw=1288.04,
-        promotion_ms=260.1,
-        promotion_mw=1210.7,
-        tail=((11576.0, 1060.0),),
-        source=_HUANG,
+        up_mw_per_mbps=438.39,  # Huang 2012, alpha_u (quoted in the issue)
+        down_mw_per_mbps=51.97,  # Huang 2012, alpha_d (quoted in the issue)
+        base_mw=1288.04,  # Huang 2012, beta (quoted in the issue)
+        promotion_ms=260.1,  # Huang 2012, promotion duration - unchecked
+        promotion_mw=1210.7,  # Huang 2012, promotion power - unchecked
+        tail=((11576.0, 1060.0),),  # Huang 2012, tail 11.576 s at 1060 mW (quoted in the issue)
+        source=f"{_HUANG}; promotion {_UNCHECKED}",
     ),
     "3g": RadioModel(
         "3g",
-        up_mw_per_mbps=868.98,
-        down_mw_per_mbps=122.12,
-        base_mw=817.88,
-        promotion_ms=582.1,
-        promotion_mw=659.4,
-        # DCH tail, then FACH tail
+        up_mw_per_mbps=868.98,  # Huang 2012, 3G alpha_u - unchecked
+        down_mw_per_mbps=122.12,  # Huang 2012, 3G alpha_d - unchecked
+        base_mw=817.88,  # Huang 2012, 3G beta - unchecked
+        promotion_ms=582.1,  # Huang 2012, 3G promotion duration - unchecked
+        promotion_mw=659.4,  # Huang 2012, 3G promotion power - unchecked
+        # DCH tail, then FACH tail (Huang 2012, 3G tail phases) - unchecked
         tail=((8088.2, 803.9), (824.2, 601.3)),
-        source=_HUANG,
+        source=f"{_HUANG}; {_UNCHECKED}",
     ),
     "wifi": RadioModel(
         "wifi",
-        up_mw_per_mbps=283.17,
-        down_mw_per_mbps=137.01,
-        base_mw=132.86,
-        promotion_ms=79.1,
-        promotion_mw=124.4,
-        tail=((238.1, 119.3),),
-        source=_HUANG,
+        up_mw_per_mbps=283.17,  # Huang 2012, WiFi alpha_u - unchecked
+        down_mw_per_mbps=137.01,  # Huang 2012, WiFi alpha_d - unchecked
+        base_mw=132.86,  # Huang 2012, WiFi beta - unchecked
+        promotion_ms=79.1,  # Huang 2012, WiFi promotion duration - unchecked
+        promotion_mw=124.4,  # Huang 2012, WiFi promotion power - unchecked
+        tail=((238.1, 119.3),),  # Huang 2012, WiFi tail - unchecked
+        source=f"{_HUANG}; {_UNCHECKED}",
     ),
     "5g": RadioModel(
-        # Non-standalone 5G keeps LTE's RRC control plane, so its state machine has LTE's
-        # shape (Narayanan et al., "A Variegated Look at 5G in the Wild", SIGCOMM 2021).
-        # Until that paper's per-band power tables are entered here, the values are LTE's.
+        # Non-standalone (NSA) 5G keeps LTE's RRC control plane: the phone has one RRC state
+        # machine, LTE's (Narayanan et al., "A Variegated Look at 5G in the Wild: Performance,
+        # Power, and QoE Implications", SIGCOMM 2021, study NSA and SA mmWave and low-band 5G
+        # power). So the shape is LTE's. Their measured 5G power and tail values could not be
+        # read from the sources available when these defaults were reviewed: none is entered
+        # here, and every number below is LTE's, standing in. Not a 5G measurement.
         "5g",
-        up_mw_per_mbps=438.39,
-        down_mw_per_mbps=51.97,
-        base_mw=1288.04,
-        promotion_ms=260.1,
-        promotion_mw=1210.7,
-        tail=((11576.0, 1060.0),),
-        source="LTE's values (Huang et al. 2012) standing in for Narayanan et al. 2021",
+        up_mw_per_mbps=438.39,  # LTE's (Huang 2012), standing in
+        down_mw_per_mbps=51.97,  # LTE's, standing in
+        base_mw=1288.04,  # LTE's, standing in
+        promotion_ms=260.1,  # LTE's, standing in
+        promotion_mw=1210.7,  # LTE's, standing in
+        tail=((11576.0, 1060.0),),  # LTE's, standing in
+        source="LTE's values (Huang et al. 2012) standing in: no 5G values entered",
     ),
 }
 """Radio state machines by network type. Keys are the values of ``network_type``."""

@@ -130,6 +130,9 @@ class NetworkEstimate:
     outage: bool
     """The last ``outage_failures`` calls/probes all failed and none succeeded since, or the
     outstanding probe is overdue (see ``EstimatorConfig.overdue_factor``)."""
+    uplink_typical_bps: float | None = None
+    """The weighted median of finished uploads and the prior, without the current level's
+    EWMA: what an upload usually gets here (None only from callers that do not fill it)."""
 
 
 def observe_rtt(
@@ -205,7 +208,7 @@ def estimate(state: NetworkState, now_s: float, cfg: EstimatorConfig) -> Network
     """Typical and pessimistic values from fresh samples (see the module docstring)."""
     rtt, rtt_high = _typical_and_high(state.rtt_ms, now_s, cfg)
     ttft = _typical_and_high(state.ttft_ms, now_s, cfg)[0]
-    uplink, uplink_low = _throughput(state.uplink_bps, now_s, cfg)
+    uplink, uplink_low, typical = _throughput(state.uplink_bps, now_s, cfg)
     overdue = False
     if state.probe_sent_s is not None:
         expected_ms = rtt_high if rtt_high is not None else 0.0
@@ -219,11 +222,14 @@ def estimate(state: NetworkState, now_s: float, cfg: EstimatorConfig) -> Network
         ttft_ms=ttft,
         loss_rate=state.loss_rate,
         outage=overdue or state.consecutive_failures >= cfg.outage_failures,
+        uplink_typical_bps=typical,
     )
 
 
-def _throughput(window: SampleWindow, now_s: float, cfg: EstimatorConfig) -> tuple[float, float]:
-    """(current level, pessimistic level) of throughput in bits/s.
+def _throughput(
+    window: SampleWindow, now_s: float, cfg: EstimatorConfig
+) -> tuple[float, float, float]:
+    """(current level, pessimistic level, typical level) of throughput in bits/s.
 
     Quantiles are taken over the logarithms of the window's samples, each weighted by its age
     (half-life ``halflife_s``), plus the prior as ``prior_weight`` samples: with fresh uploads
@@ -234,7 +240,7 @@ def _throughput(window: SampleWindow, now_s: float, cfg: EstimatorConfig) -> tup
     far this link's low quantile usually lies below its median.
     """
     if not window.times and window.ewma is None:
-        return cfg.prior_uplink_bps, cfg.prior_uplink_bps
+        return cfg.prior_uplink_bps, cfg.prior_uplink_bps, cfg.prior_uplink_bps
     prior = math.log(cfg.prior_uplink_bps)
     logs = [prior]
     weights = [cfg.prior_weight]
@@ -249,7 +255,7 @@ def _throughput(window: SampleWindow, now_s: float, cfg: EstimatorConfig) -> tup
     if window.ewma is not None and window.ewma_t_s is not None:
         age = max(0.0, now_s - window.ewma_t_s)
         level = median + (window.ewma - median) * math.exp(-age / cfg.revert_s)
-    return math.exp(level), math.exp(level - spread)
+    return math.exp(level), math.exp(level - spread), math.exp(median)
 
 
 def weighted_quantile(values: list[float], weights: list[float], q: float) -> float:

@@ -74,6 +74,9 @@ class CallLate:
     t_s: float
     sent_s: float
     nbytes: float
+    hedged: bool = False
+    """The agent started decoding locally and kept the call going (a hedge), rather than
+    giving up on it (first-token timeout, deadline)."""
 
 
 @dataclass(frozen=True)
@@ -177,12 +180,21 @@ class AgentKnowledge:
     def probe_result(self, t_s: float, rtt_ms: float | None) -> None:
         self.net = observe_probe_result(self.net, t_s, rtt_ms, self.cfg.estimators)
 
-    def call_late(self, t_s: float, sent_s: float, nbytes: float) -> None:
+    def call_late(self, t_s: float, sent_s: float, nbytes: float, hedged: bool = False) -> None:
         """A failure now, and a *censored* throughput sample: the whole payload over the time
-        spent, an upper bound that notices a stall without waiting for it to end. The whole
+        spent, an upper bound that notices a stall without waiting for it to end — unless a
+        hedge fired before the link usually carries the call (the payload at the typical
+        uplink, plus the RTT), which is no news. The whole
         payload, whether or not the upload had in fact finished: a gRPC call says neither how
         far the upload got nor whether it is done (no TCP_INFO per call)."""
         cfg = self.cfg.estimators
+        est = estimate(self.net, t_s, cfg)
+        link_ms = nbytes * 8000.0 / est.uplink_typical_bps + (est.rtt_ms or 0.0)
+        if hedged and (t_s - sent_s) * 1000.0 < link_ms:
+            # A hedge that fired sooner than the link usually carries the upload and a round
+            # trip: the agent started decoding locally early, on purpose, and the call goes on.
+            # No news - neither a failure nor a bound on the throughput.
+            return
         net = observe_outcome(self.net, t_s, False, cfg)
         self.net = observe_upload(net, t_s, nbytes, t_s - sent_s, cfg, finished=False)
 
@@ -247,8 +259,8 @@ class AgentKnowledge:
                 self.probe_sent(t_s)
             case ProbeResult(t_s, rtt_ms):
                 self.probe_result(t_s, rtt_ms)
-            case CallLate(t_s, sent_s, nbytes):
-                self.call_late(t_s, sent_s, nbytes)
+            case CallLate(t_s, sent_s, nbytes, hedged):
+                self.call_late(t_s, sent_s, nbytes, hedged)
             case CallFailed(t_s):
                 self.call_failed(t_s)
             case CallDone(t_s, nbytes, ttft_ms, upload_s, queue_ms, first_step_ms):

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = "tandem-profile/1"
 
+POWER_SOURCES = ("rapl", "default")
+"""Where a profile's ``power_w`` came from: measured by RAPL, or the documented default."""
+
 _TOP_KEYS = frozenset(
     {
         "format",
@@ -41,6 +44,7 @@ _TOP_KEYS = frozenset(
         "peak_rss_mb",
         "request_overhead_ms",
         "power_w",
+        "power_source",
     }
 )
 
@@ -212,6 +216,11 @@ class Profile:
         unknown = set(data) - _TOP_KEYS
         if unknown:
             raise ConfigError(f"{where}: unknown keys {shown(sorted(map(str, unknown)))}")
+        if data.get("power_source", "default") not in POWER_SOURCES:
+            raise ConfigError(
+                f"{where}: power_source must be one of {', '.join(POWER_SOURCES)}, "
+                f"got {shown(data.get('power_source'))}"
+            )
         if data.get("format") != FORMAT:
             raise ConfigError(
                 f"{where}: format must be {FORMAT!r}, got {shown(data.get('format'))}"

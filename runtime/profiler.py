@@ -12,6 +12,14 @@ serves requests, keeps the policy's predictions honest. Format (YAML, ``tandem-p
     decoder_step_ms:  [{batch, position, ms}]  # one step: every row advances one token
     part_bytes: {encoder, cache_init, decoder}
     peak_rss_mb: float
+    power_w: float            # measured: the CPU packages' mean power during the runs (RAPL)
+    power_source: rapl | default
+
+``power_w`` is measured where Linux's RAPL counters can be read (``tandem.runtime.rapl``):
+the energy the CPU packages used from the first profiled run to the last, over that time —
+package power, so it includes the idle floor and any other process running meanwhile. Where
+they cannot be read, ``power_source`` is ``default`` and the caller writes the documented
+default (``tandem profile`` writes ``tandem.policy.energy.DEFAULT_POWER_W``).
 """
 
 from __future__ import annotations
@@ -20,11 +28,13 @@ import platform
 import resource
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from tandem.runtime import rapl
 from tandem.runtime.decoding import GenerationParams
 from tandem.runtime.seq2seq import Seq2Seq
 
@@ -58,8 +68,10 @@ def measure_profile(
     positions: tuple[int, ...] = (1, 16, 64, 128),
     batches: tuple[int, ...] = (1, 4, 16),
     repeats: int = 7,
+    powercap: Path = rapl.POWERCAP,
 ) -> dict[str, Any]:
-    """Measure and return the profile as a plain mapping (the caller writes it)."""
+    """Measure and return the profile as a plain mapping (the caller writes it); ``powercap``
+    is where the RAPL counters are read (Linux's powercap tree)."""
     m = model.manifest
     rng = np.random.default_rng(0)
     low = max(m.tokens.eos, m.tokens.pad, m.tokens.decoder_start) + 1
@@ -72,6 +84,8 @@ def measure_profile(
     def source(n: int) -> list[int]:
         return [int(t) for t in rng.integers(low, vocab, size=n)]
 
+    energy_before = rapl.read_energy(powercap)
+    began = time.perf_counter()
     cache_init = model.bundle.sessions["cache_init"]
     if m.audio is not None:
         # A speech encoder takes one fixed window whatever was said: one point, at the rows it
@@ -122,8 +136,9 @@ def measure_profile(
                     "ms": round(statistics.median(times), 4),
                 }
             )
+    power = _power_w(energy_before, rapl.read_energy(powercap), time.perf_counter() - began)
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {
+    profile = {
         "format": FORMAT,
         "model": {
             "name": m.name,
@@ -145,6 +160,17 @@ def measure_profile(
         "part_bytes": model.bundle.part_bytes(),
         "peak_rss_mb": round(rss_kib / 1024, 1),
     }
+    if power is not None:
+        profile["power_w"] = round(power, 3)
+    profile["power_source"] = "rapl" if power is not None else "default"
+    return profile
+
+
+def _power_w(before: rapl.Reading | None, after: rapl.Reading | None, seconds: float):
+    """Mean power between two readings, or None when either is missing."""
+    if before is None or after is None or before.zones != after.zones or seconds <= 0:
+        return None
+    return rapl.joules_between(before, after) / seconds
 
 
 def _cpu_count() -> int:

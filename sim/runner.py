@@ -349,7 +349,8 @@ def simulate(
             deadline = t_e + deadline_s
             done = tl.last_token_s if tl.last_token_s <= deadline else math.inf
             t_hedge = t_e + hedge / 1000.0 if hedge is not None else math.inf
-            if tl.first_token_s <= t_hedge or t_hedge >= deadline:
+            hedged = not (tl.first_token_s <= t_hedge or t_hedge >= deadline)
+            if not hedged:
                 # Committed to the cloud (or the hedge would come after the deadline anyway).
                 if done < math.inf:
                     finish, abandon, late = done, done, None
@@ -376,7 +377,15 @@ def simulate(
                 budget_left -= sent[i]
             if not oracle:
                 learn_call(
-                    senses.later, tl, t_e, nbytes, late, abandon, done, scenario.cloud_queue_ms
+                    senses.later,
+                    tl,
+                    t_e,
+                    nbytes,
+                    late,
+                    abandon,
+                    done,
+                    scenario.cloud_queue_ms,
+                    hedged=hedged,
                 )
         # The device's fixed per-request cost (its local API, tokenization) is paid whichever
         # route serves the request, outside the compute lanes.

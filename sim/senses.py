@@ -58,7 +58,15 @@ class Senses:
 
 
 def learn_call(
-    learn, tl, t_e: float, nbytes: int, late, abandon: float, done: float, queue_ms: float
+    learn,
+    tl,
+    t_e: float,
+    nbytes: int,
+    late,
+    abandon: float,
+    done: float,
+    queue_ms: float,
+    hedged: bool = False,
 ) -> None:
     """Queue the events of one cloud call the real agent (``tandem.edge.agent``) would see, each
     at the instant it sees it, and no more:
@@ -74,7 +82,8 @@ def learn_call(
       won, or it broke at the deadline) teaches nothing more.
     """
     if late is not None:
-        learn(CallLate(late, t_e, nbytes) if tl.first_token_s > late else CallFailed(late))
+        late_event = CallLate(late, t_e, nbytes, hedged)  # hedged: the hedge deadline fired
+        learn(late_event if tl.first_token_s > late else CallFailed(late))
     if done <= abandon:
         ttft_ms = (tl.first_token_s - t_e) * 1000.0
         learn(CallDone(done, nbytes, ttft_ms, tl.upload_end_s - t_e, queue_ms))

@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from tandem.defaults import bundle_path
+    from tandem.policy.energy import DEFAULT_POWER_W
     from tandem.runtime.options import SessionConfig
     from tandem.runtime.profiler import measure_profile
     from tandem.runtime.seq2seq import Seq2Seq
@@ -32,11 +33,15 @@ def run(args: argparse.Namespace) -> int:
         profile = measure_profile(model, (8, 32), (1, 32), (1, 8), repeats=3)
     else:
         profile = measure_profile(model)
+    if profile["power_source"] == "default":  # no readable RAPL counters here
+        profile = {**profile, "power_w": DEFAULT_POWER_W}
+        profile["power_source"] = profile.pop("power_source")  # keep it after power_w
     Path(args.out).write_text(yaml.safe_dump(profile, sort_keys=False), encoding="utf-8")
     per_token = next(d["ms"] for d in profile["decoder_step_ms"] if d["batch"] == 1)
     print(
         f"wrote {args.out}: encoder {profile['encoder_ms'][0]['ms']:.2f}–"
         f"{profile['encoder_ms'][-1]['ms']:.2f} ms, decoder {per_token:.2f} ms/token at batch 1, "
-        f"peak RSS {profile['peak_rss_mb']} MB"
+        f"peak RSS {profile['peak_rss_mb']} MB, power {profile['power_w']} W "
+        f"({'measured by RAPL' if profile['power_source'] == 'rapl' else 'default: no RAPL'})"
     )
     return 0

@@ -7,6 +7,9 @@ import sys
 
 import yaml
 
+from tandem.policy import Profile
+from tandem.policy.energy import DEFAULT_POWER_W
+
 
 def tandem(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -97,6 +100,11 @@ def test_export_and_profile_commands(hf_checkpoint, tmp_path):
     assert all(p["ms"] > 0 for p in data["encoder_ms"] + data["decoder_step_ms"])
     assert {p["batch"] for p in data["decoder_step_ms"]} == {1, 8}
     assert data["peak_rss_mb"] > 0
+    # Measured where RAPL can be read, else the documented default, and always said which.
+    assert data["power_source"] in ("rapl", "default") and data["power_w"] >= 0
+    if data["power_source"] == "default":
+        assert data["power_w"] == DEFAULT_POWER_W
+    assert Profile.from_dict(data).power_w == data["power_w"]
 
 
 def test_profile_of_a_speech_bundle_prices_one_window(whisper_bundle, tmp_path):

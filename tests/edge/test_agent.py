@@ -11,6 +11,7 @@ from faults import SlowModel
 from tandem.edge.agent import Outcome, Piece, Request
 from tandem.edge.probes import ping_beat
 from tandem.emulate.processes import free_port
+from tandem.policy.energy import RADIOS
 from tandem.runtime.seq2seq import Seq2Seq
 
 INPUTS = ["w10 w11 w12", "w40 w41", "w7 w8 w9 w20 w33", "w90", "w55 w56 w57 w58"]
@@ -301,3 +302,28 @@ def test_a_broken_profile_stops_the_agent_with_a_config_error(text_bundle, tmp_p
     )
     with pytest.raises(ConfigError, match=r"device_profile .*device\.yaml: not valid YAML"):
         Agent(config)
+
+
+@pytest.mark.parametrize("route", ["cloud", "handoff"])
+def test_every_cloud_call_tells_the_knowledge_when_it_left_the_radio(
+    cloud_factory, agent_factory, route
+):
+    """The radio's state the policy prices (``radio_idle_s``) comes from the calls the agent
+    really made: each reports, once, when it stopped holding the radio."""
+    _, port = cloud_factory()
+    agent = agent_factory(port, policy="always_cloud", force_route=route)
+    assert agent.knowledge.radio.last_end_s is None
+    began = agent.clock()
+    _, outcome = run(agent, INPUTS[0])
+    done = agent.clock()
+    assert outcome.decision == route
+    deadline = time.monotonic() + 5  # a cancelled call ends on its own thread a bit later
+    while agent.knowledge.radio.last_end_s is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    left = agent.knowledge.radio.last_end_s
+    assert left is not None and began < left <= agent.clock()
+    assert left <= done + 1.0
+    assert agent.observations(3, "fr", False).radio_idle_s >= 0
+    joules = agent.metrics.registry.get_sample_value("tandem_edge_radio_joules_total")
+    radio = RADIOS[agent.knowledge.network_type]
+    assert joules > radio.promotion_j + radio.tail_j()  # from idle: promotion, data, tail

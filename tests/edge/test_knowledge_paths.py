@@ -1,10 +1,12 @@
 """One learning rule: the agent and the simulator learn exactly what AgentKnowledge learns.
 
-Property: any sequence of events (probes, late/failed/completed calls, finished requests)
+Property: any sequence of events (probes, late/failed/completed calls, finished requests, the
+radio's use by a call)
 gives bit-identical observations whether it is fed to ``AgentKnowledge`` directly, through
 the simulator's event queue (events queued in any order, delivered as the decisions' time
 passes them), or through the edge agent's own entry points (``probe_sent``, ``call_late``,
-``call_done``, ... at its clock, from the messages it really receives).
+``call_done``, ... at its clock, from the messages it really receives; ``radio_used`` from the
+``RadioUse`` its cloud client reports when a call ends).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tandem.edge.cloud_client import CloudOutcome
+from tandem.edge.cloud_client import CloudOutcome, RadioUse
 from tandem.edge.race import SentCall
 from tandem.emulate.processes import free_port
 from tandem.errors import CloudDeadline, CloudUnavailable, StreamBroken
+from tandem.policy import PolicyConfig
 from tandem.policy.knowledge import (
     AgentKnowledge,
     CallDone,
@@ -23,25 +26,33 @@ from tandem.policy.knowledge import (
     CallLate,
     ProbeResult,
     ProbeSent,
+    RadioUsed,
     RequestDone,
 )
 from tandem.sim.senses import Senses
 from tandem.v1 import decoder_pb2
 
 LANGS = ("", "fr", "de")
+TOKEN_BYTES = PolicyConfig().token_bytes  # the agent's default policy's, as it prices tokens
 
 
 @st.composite
 def event_at(draw, t: float):
-    kind = draw(st.sampled_from(["sent", "result", "late", "failed", "done", "request"]))
+    kinds = ["sent", "result", "late", "failed", "done", "request", "radio"]
+    kind = draw(st.sampled_from(kinds))
     if kind == "sent":
         return ProbeSent(t)
     if kind == "result":
         return ProbeResult(t, draw(st.none() | st.floats(0.5, 3000.0)))
     if kind == "late":
-        return CallLate(t, t - draw(st.floats(0.01, 10.0)), draw(st.integers(100, 10**6)))
+        return CallLate(t, t - draw(st.floats(0.0, 10.0)), draw(st.integers(100, 10**6)),
+                        draw(st.booleans()))  # fmt: skip
     if kind == "failed":
         return CallFailed(t)
+    if kind == "radio":  # a call held the radio from its start until now; tokens as priced
+        tokens = draw(st.integers(0, 80))
+        return RadioUsed(t, t - draw(st.floats(0.0, 3.0)), draw(st.integers(100, 10**6)),
+                         tokens * TOKEN_BYTES), tokens  # fmt: skip
     if kind == "request":
         return RequestDone(t, draw(st.sampled_from(LANGS)), draw(st.integers(1, 60)),
                            draw(st.integers(1, 120)))  # fmt: skip
@@ -95,10 +106,12 @@ def _agent_feeds(agent, event, extra) -> None:
             agent.probe_sent()
         case ProbeResult(_, rtt_ms):
             agent.probe_result(rtt_ms)
-        case CallLate(_, sent_s, nbytes):
+        case CallLate(_, sent_s, nbytes, hedged):
             sent = SentCall(None, "r", sent_s, nbytes)
-            if nbytes % 2:  # our own first-token timeout, or the call's deadline firing
-                agent.call_late(sent, abandoned=bool(nbytes % 3))
+            if hedged:  # the hedge fired: local decoding starts, the call goes on
+                agent.call_late(sent, abandoned=False)
+            elif nbytes % 2:  # our own first-token timeout, or the call's deadline firing
+                agent.call_late(sent, abandoned=True)
             else:
                 agent.call_failed(sent, CloudDeadline("no token before the deadline"))
         case CallFailed():
@@ -107,6 +120,8 @@ def _agent_feeds(agent, event, extra) -> None:
         case CallDone(_, nbytes):
             final, ttft_s = extra
             agent.call_done(SentCall(None, "r", 0.0, nbytes), CloudOutcome([], final, ttft_s, 1))
+        case RadioUsed(t_s, start_s, up_bytes):
+            agent.radio_used(RadioUse(t_s - start_s, up_bytes, extra))
         case RequestDone(_, lang, src_len, steps):
             eos = steps % 2 == 0
             ids = [7] * (steps - 1 if eos else steps)
@@ -143,5 +158,6 @@ def test_agent_simulator_and_knowledge_learn_alike(agent_factory):
             agent.now = event.t_s + wait
             assert agent.observations(src_len, lang or None, False, encode_ms) == expected
         assert agent.knowledge.net == direct.net == sim.knowledge.net
+        assert agent.knowledge.radio == direct.radio == sim.knowledge.radio
 
     check()

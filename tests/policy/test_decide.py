@@ -71,6 +71,23 @@ def test_cost_model_sends_long_outputs_to_the_cloud_with_a_hedge(device, cloud):
     assert d.hedge_deadline_ms is not None and 0 < d.hedge_deadline_ms < d.local_ms
 
 
+def test_a_latency_hedge_never_waits_longer_than_the_cloud_would_save(device, cloud):
+    """Past the predicted saving, waiting can only lose: a near tie starts both at once."""
+    cfg = PolicyConfig()
+    for tokens in (20.0, 30.0, 45.0, 60.0, 120.0):
+        d = decide(obs(predicted_tokens=tokens), device, cloud, cfg)
+        if d.route is Route.CLOUD:
+            costs = predict_costs(obs(predicted_tokens=tokens), device, cloud, cfg)
+            assert d.hedge_deadline_ms == min(costs.hedge_deadline_ms, d.local_ms - d.cloud_ms)
+    tie = decide(obs(predicted_tokens=60.0), device, cloud, cfg, PolicyState(Route.CLOUD))
+    assert tie.hedge_deadline_ms >= 0
+    energy = PolicyConfig(objective="min_energy")
+    d = decide(obs(predicted_tokens=120.0), device, cloud, energy)
+    if d.route is Route.CLOUD:  # an energy objective keeps the usual hedge (a race costs joules)
+        costs = predict_costs(obs(predicted_tokens=120.0), device, cloud, energy)
+        assert d.hedge_deadline_ms == costs.hedge_deadline_ms
+
+
 def test_cost_model_keeps_short_outputs_local(device, cloud):
     d = decide(obs(predicted_tokens=4.0, predicted_tokens_sd=0.5), device, cloud, PolicyConfig())
     assert d.route is Route.LOCAL and d.reason == "local_faster"
@@ -187,7 +204,7 @@ def test_decide_is_total_and_honours_constraints(o, policy, state, device, cloud
     if o.local_only or not o.online:
         assert d.route is Route.LOCAL
     if d.hedge_deadline_ms is not None:
-        assert d.route is Route.CLOUD and d.hedge_deadline_ms > 0
+        assert d.route is Route.CLOUD and d.hedge_deadline_ms >= 0
 
 
 def test_handoff_races_when_the_routes_are_close_and_commits_when_one_clearly_wins(device, cloud):

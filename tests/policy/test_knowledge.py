@@ -32,6 +32,18 @@ def test_a_late_call_is_a_failure_and_a_censored_upload_sample(knowledge):
     assert math.exp(net.uplink_bps.ewma) == pytest.approx(4000 * 8 / 2.0)
 
 
+def test_a_call_given_up_on_before_the_link_could_answer_is_no_news(knowledge):
+    """A hedge that starts local decoding early, on purpose, says nothing about the link: the
+    upload alone usually takes longer than it waited (4000 B at the 1 Mbit/s prior: 32 ms)."""
+    before = knowledge.net
+    knowledge.call_late(1.02, sent_s=1.0, nbytes=4000, hedged=True)
+    assert knowledge.net == before
+    knowledge.call_late(1.5, sent_s=1.0, nbytes=4000, hedged=True)  # 500 ms: late by any account
+    assert knowledge.net.consecutive_failures == 1
+    knowledge.call_late(2.02, sent_s=2.0, nbytes=4000)  # given up on, not hedged: a failure
+    assert knowledge.net.consecutive_failures == 2
+
+
 def test_a_failed_call_teaches_nothing_about_the_upload(knowledge):
     knowledge.call_failed(3.0)
     assert knowledge.net.consecutive_failures == 1 and knowledge.net.uplink_bps.ewma is None

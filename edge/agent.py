@@ -125,12 +125,13 @@ class Agent(AgentLearning):
         # The policy prices uploads with the codec actually used on the wire.
         self.policy = dataclasses.replace(config.policy, codec=self.codec.value)
         self._lock = threading.Lock()
-        self.knowledge = AgentKnowledge(self.policy, self.device_profile)
+        self.knowledge = AgentKnowledge(
+            self.policy, self.device_profile, network_type=config.network_type
+        )
         self._slots = threading.BoundedSemaphore(config.max_concurrent)
+        breaker = config.cloud.breaker
         self.breaker = CircuitBreaker(
-            BreakerConfig(
-                config.cloud.breaker.failure_threshold, config.cloud.breaker.reset_timeout_s
-            )
+            BreakerConfig(breaker.failure_threshold, breaker.reset_timeout_s)
         )
         self.cloud: CloudClient | None = None
         self._handoff_supported = True

@@ -28,6 +28,7 @@ from tandem.config import (
 )
 from tandem.errors import ConfigError
 from tandem.policy import PolicyConfig
+from tandem.policy.energy import RADIOS
 from tandem.runtime.codec import parse_codec_spec
 from tandem.runtime.options import SessionConfig
 from tandem.yamlfile import read_yaml
@@ -223,6 +224,11 @@ class EdgeConfig:
     """Profile YAML of the cloud (default: shipped cloud profile)."""
     device_speed_factor: float = 1.0
     """Multiplies the device profile's times (the shipped profile was measured on a server)."""
+    network_type: str = "lte"
+    """The radio this device reaches the cloud over: ``lte``, ``3g``, ``5g`` or ``wifi``
+    (``tandem.policy.energy.RADIOS``). It prices the radio's energy — its promotion, active
+    and tail power — for the energy objectives; no operating system tells a daemon portably
+    which radio carries its traffic, so it is stated per device."""
     metrics_port: int | None = None
     """Serve Prometheus metrics on 127.0.0.1:PORT (None or 0: off)."""
     drain_s: float = 10.0
@@ -243,6 +249,7 @@ class EdgeConfig:
         bound(self, "max_text_chars", "max_concurrent", "max_audio_bytes", ge=1)
         bound(self, "max_audio_s", gt=0)
         bound(self, "device_speed_factor", gt=0)
+        one_of(self, "network_type", sorted(RADIOS))
         bound(self, "drain_s", "piece_interval_ms", ge=0)
         if self.metrics_port is not None:
             bound(self, "metrics_port", ge=0, le=65535)

@@ -79,10 +79,12 @@ def agent_config(
     device_profile: Path,
     cloud_profile: Path,
     bundle: Path,
+    network_type: str = "lte",
 ) -> dict[str, Any]:
     """The agent's ``edge.yaml`` mapping that makes it the simulator's agent.
 
     Same policy config (priors, hedging, codec), probe interval and timeout = the simulator's,
+    the same radio (``network_type``: the trace's, else the scenario's),
     and a call that, like the simulator's, commits to the cloud until ``call_deadline_ms`` (a
     first-token timeout shorter than that would be a second, unsimulated deadline).
     """
@@ -94,6 +96,7 @@ def agent_config(
         "device_profile": str(device_profile),
         "cloud_profile": str(cloud_profile),
         "device_speed_factor": scenario.device_speed_factor,
+        "network_type": network_type,
         "max_concurrent": 64,
         "policy": policy_dict,
         "cloud": {
@@ -163,7 +166,7 @@ def run_emulation(
             cloud = link.start_cloud(bundle, work, cloud_niceness)
             config = agent_config(
                 work, link.cloud_address, policy, cfg, scenario, device_profile,
-                cloud_profile, bundle,
+                cloud_profile, bundle, trace.network_type or scenario.network_type,
             )  # fmt: skip
             edge = link.start_edge(config, work)
             outcome = _drive(edge.socket, requests, inputs, shaper, cfg, scenario.probe_interval_s)

@@ -8,7 +8,8 @@ import time
 import pytest
 from faults import SlowModel
 
-from tandem.edge.agent import Outcome, Piece, Request
+from tandem.edge.agent import Agent, Outcome, Piece, Request
+from tandem.edge.config import CloudSettings, EdgeConfig
 from tandem.edge.probes import ping_beat
 from tandem.emulate.processes import free_port
 from tandem.policy.energy import RADIOS
@@ -327,3 +328,19 @@ def test_every_cloud_call_tells_the_knowledge_when_it_left_the_radio(
     joules = agent.metrics.registry.get_sample_value("tandem_edge_radio_joules_total")
     radio = RADIOS[agent.knowledge.network_type]
     assert joules > radio.promotion_j + radio.tail_j()  # from idle: promotion, data, tail
+
+
+def test_the_configured_radio_prices_the_agents_energy(text_bundle, tmp_path):
+    """``network_type`` reaches the knowledge: its radio model is the one the policy prices."""
+    config = EdgeConfig(
+        bundle=str(text_bundle),
+        socket=str(tmp_path / "edge.sock"),
+        cloud=CloudSettings(enabled=False),
+        network_type="wifi",
+    )
+    agent = Agent(config)
+    try:
+        assert agent.knowledge.network_type == "wifi"
+        assert RADIOS[agent.knowledge.network_type] is RADIOS["wifi"]
+    finally:
+        agent.close()

@@ -76,6 +76,7 @@ def test_shipped_example_parses(monkeypatch):
         ({"session": ["threads"]}, "session must be a mapping of keys, got ['threads']"),
         ({"session": {"intra_op_threads": -1}}, "intra_op_threads must be >= 0, got -1"),
         ({"device_speed_factor": 0}, "device_speed_factor must be > 0, got 0"),
+        ({"network_type": "satellite"}, "network_type must be one of ['3g', '5g', 'lte', 'wifi']"),
         ({"cloud": {"ping_timeout_s": 0}}, "cloud.ping_timeout_s must be > 0, got 0"),
         (
             {"cloud": {"ping_timeout_s": 3}},

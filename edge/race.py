@@ -37,6 +37,7 @@ from tandem.edge.local_decode import (
 )
 from tandem.edge.metrics import EdgeMetrics
 from tandem.errors import (
+    CloudDeadline,
     CloudError,
     CloudUnavailable,
     CloudViolation,
@@ -295,6 +296,11 @@ class Race(_Race):
         self._cloud_alive = False
         if self._sent.call.cancelled:
             return False  # we cancelled it (hedge lost or timeout): nothing learnt
+        if self._local is not None and isinstance(error, CloudDeadline):
+            # Its lateness was learnt when the hedge fired; its deadline adds nothing (a second
+            # "late" here would teach the link's slowness twice, which the simulator does not).
+            self._cloud_alive = False
+            return False
         reason = failure_reason(error)
         log.warning("cloud failed", extra={"reason": reason, "error": str(error)})
         self._learner.call_failed(self._sent, error)

@@ -118,6 +118,31 @@ def test_hedge_fires_and_the_faster_route_wins(text_bundle, cloud_factory, agent
     assert elapsed < 1.2, "the local decode should win long before the slow cloud answers"
 
 
+def test_a_hedged_call_past_its_deadline_is_learnt_late_once(
+    text_bundle, cloud_factory, agent_factory, expected, monkeypatch
+):
+    """The hedge teaches that the call is late; the call's deadline, passing while the local
+    run still decodes, teaches nothing more (as the simulator learns it)."""
+    from tandem.policy import Decision, Route
+    from tandem.policy.knowledge import AgentKnowledge
+
+    lates = []
+    real_call_late = AgentKnowledge.call_late
+
+    def counted(self, *args, **kwargs):
+        lates.append(kwargs.get("hedged", False))
+        return real_call_late(self, *args, **kwargs)
+
+    monkeypatch.setattr(AgentKnowledge, "call_late", counted)
+    server, port = cloud_factory(SlowModel(text_bundle, first_delay_s=3.0))
+    agent = agent_factory(port, policy="cost_model", model=SlowModel(text_bundle, delay_s=0.08))
+    agent.route = lambda obs: Decision(Route.CLOUD, "cloud_faster", 50.0, 20.0, 100.0)
+    _, outcome = run(agent, INPUTS[2], deadline_s=0.4)
+    assert outcome.fallbacks == ["hedge"]
+    assert outcome.route == "local" and outcome.ids == expected[INPUTS[2]]
+    assert lates == [True], "one late call, learnt at the hedge"
+
+
 def test_breaker_opens_and_recovers(cloud_factory, agent_factory, expected):
     import socket
 

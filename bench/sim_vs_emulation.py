@@ -22,8 +22,9 @@ only that, measured first:
   ``tandem profile`` cannot see: the agent's local API, tokenization and Python pipeline on
   every request, the service's gRPC handling and codec on cloud requests. It is calibrated
   with the real daemons on an *ideal* link (unlimited rate, no delay, no loss) and the same
-  requests: their mean latency there minus the simulator's, always-local for the device and
-  always-cloud for the cloud. Requests served locally never touch the link, so rows where a
+  requests: the median over requests of their latency there minus the simulator's (robust to
+  a request the machine preempted), always-local for the device and always-cloud for the
+  cloud. Requests served locally never touch the link, so rows where a
   policy keeps everything local agree closely by construction; the rows that test the
   simulator's link and routing are the ones with cloud traffic. The agent and the simulator
   both get the calibrated profiles.
@@ -138,7 +139,10 @@ def calibrate_overheads(
             ideal, policy, draws, inputs, scenario, cfg, device_path, cloud_path, mode,
             seed=seed, workdir=workdir / policy, cloud_niceness=CLOUD_NICENESS,
         )  # fmt: skip
-        gaps[policy] = float(np.nanmean(emu.latency_ms) - sim.latency_ms.mean())
+        # The typical per-request gap, not the gap of the means: a fixed cost is the same on
+        # every request, and one request the machine happened to preempt (a 25-request mean
+        # moved by 30 ms in one run, 1 ms in another) must not set it for every row.
+        gaps[policy] = float(np.nanmedian(emu.latency_ms - sim.latency_ms))
         print(
             f"calibration {policy}: emulator {np.nanmean(emu.latency_ms):.1f} ms, simulator "
             f"(no fixed costs) {sim.latency_ms.mean():.1f} ms",

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tandem.cloud.config import parse_cloud_config
 from tandem.cloud.server import create_server

@@ -6,9 +6,10 @@ import threading
 import time
 
 import pytest
+from edge_helpers import run
 from faults import SlowModel
 
-from tandem.edge.agent import Agent, Outcome, Piece, Request
+from tandem.edge.agent import Agent, Piece, Request
 from tandem.edge.config import CloudSettings, EdgeConfig
 from tandem.edge.probes import ping_beat
 from tandem.emulate.processes import free_port
@@ -16,16 +17,6 @@ from tandem.policy.energy import RADIOS
 from tandem.runtime.seq2seq import Seq2Seq
 
 INPUTS = ["w10 w11 w12", "w40 w41", "w7 w8 w9 w20 w33", "w90", "w55 w56 w57 w58"]
-
-
-def run(agent, text: str, target: str = "fr", **kwargs) -> tuple[list[Piece], Outcome]:
-    pieces, outcome = [], None
-    for item in agent.generate(Request(text=text, target=target, **kwargs)):
-        if isinstance(item, Outcome):
-            outcome = item
-        else:
-            pieces.append(item)
-    return pieces, outcome
 
 
 def reference(bundle, text: str, target: str = "fr") -> list[int]:

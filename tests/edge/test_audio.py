@@ -16,6 +16,7 @@ import threading
 
 import numpy as np
 import pytest
+from edge_helpers import collect, contiguous
 from faults import SlowBatch, SlowModel
 
 from tandem.edge.agent import Agent, Outcome, Piece, Request
@@ -55,24 +56,6 @@ def expected(whisper_text_bundle, wav):
     assert len(out.segments) >= 3, "the audio spans several windows"
     assert out.ids, "a transcript to compare"
     return out
-
-
-def run(agent, wav: bytes, **kwargs) -> tuple[list[Piece], Outcome]:
-    pieces, outcome = [], None
-    for item in agent.generate(Request(text="", audio=wav, language="en", **kwargs)):
-        if isinstance(item, Outcome):
-            outcome = item
-        else:
-            pieces.append(item)
-    return pieces, outcome
-
-
-def contiguous(pieces: list[Piece]) -> list[int]:
-    ids: list[int] = []
-    for piece in pieces:
-        assert piece.start == len(ids), "no repeat, no gap"
-        ids += piece.ids
-    return ids
 
 
 @pytest.fixture
@@ -319,3 +302,8 @@ def test_ask_audio_prints_the_transcript(edge_api, speech_cloud, wav, expected, 
         err = out.stderr.decode().strip()
         assert out.returncode == 2, err
         assert words in err and "\n" not in err and "Traceback" not in err
+
+
+def run(agent, wav: bytes, **kwargs) -> tuple[list[Piece], Outcome]:
+    """An English audio request through ``agent``: its pieces and its ``Outcome``."""
+    return collect(agent, Request(text="", audio=wav, language="en", **kwargs))

@@ -13,34 +13,16 @@ from concurrent import futures
 
 import grpc
 import pytest
+from edge_helpers import contiguous, run
 from faults import SlowBatch, SlowModel
 
-from tandem.edge.agent import Outcome, Piece, Request
+from tandem.edge.agent import Piece, Request
 from tandem.edge.breaker import BreakerState
 from tandem.runtime.seq2seq import Seq2Seq
 from tandem.v1 import decoder_pb2, decoder_pb2_grpc
 
 INPUTS = ["w10 w11 w12", "w40 w41", "w7 w8 w9 w20 w33", "w90", "w55 w56 w57 w58"]
 LONG = "w7 w8 w9 w20 w33"
-
-
-def run(agent, text: str, target: str = "fr", **kwargs) -> tuple[list[Piece], Outcome]:
-    pieces, outcome = [], None
-    for item in agent.generate(Request(text=text, target=target, **kwargs)):
-        if isinstance(item, Outcome):
-            outcome = item
-        else:
-            pieces.append(item)
-    return pieces, outcome
-
-
-def contiguous(pieces: list[Piece]) -> list[int]:
-    """The streamed ids, asserting each position came exactly once, in order."""
-    ids: list[int] = []
-    for piece in pieces:
-        assert piece.start == len(ids), "no repeat, no gap"
-        ids += piece.ids
-    return ids
 
 
 @pytest.fixture(scope="module")

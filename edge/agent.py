@@ -318,7 +318,7 @@ class Agent(AgentLearning):
     def _cloud(self, rid, ids, hidden, params, decision, outcome, request) -> Iterator[Piece]:
         message = self._decode_request(rid, ids, hidden, params)
         call = self.cloud.call(message, self._deadline_s(decision, request))
-        sent = SentCall(call, rid, self.clock(), message.ByteSize())
+        sent = SentCall(call, rid, self.clock())
         hedge_ms = decision.hedge_deadline_ms  # None: no hedge, only the first-token timeout
         wait_s = self.config.cloud.first_token_timeout_s if hedge_ms is None else hedge_ms / 1000
         race = Race(sent, params, self, self.metrics, wait_s, hedging=hedge_ms is not None,
@@ -328,9 +328,9 @@ class Agent(AgentLearning):
     def _handoff(self, rid, ids, hidden, params, decision, outcome, request) -> Iterator[Piece]:
         """HANDOFF: local decoding at once, the upload in parallel, the cloud continuing from
         the device's progress (``tandem.edge.race.HandoffRace``)."""
-        message = self._decode_request(rid, ids, hidden, params)
-        call = self.cloud.handoff(message, self._deadline_s(decision, request))
-        sent = SentCall(call, rid, self.clock(), message.ByteSize())
+        build = lambda: self._decode_request(rid, ids, hidden, params)  # noqa: E731 (its thread's)
+        call = self.cloud.handoff(build, self._deadline_s(decision, request))
+        sent = SentCall(call, rid, self.clock())
         settings, hedge_ms = self.config.cloud, decision.hedge_deadline_ms
         ack_s = settings.first_token_timeout_s if hedge_ms is None else hedge_ms / 1000
         race = HandoffRace(sent, params, self, self.metrics, ack_timeout_s=ack_s,

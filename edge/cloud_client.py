@@ -164,6 +164,17 @@ class CloudCall:
                 self._call.cancel()
         self._radio.end()
 
+    def cancel_soon(self) -> None:
+        """``cancel()`` by the client's canceller thread (see ``HandoffCall.cancel_soon``)."""
+        with self._lock:
+            self.cancelled = True
+        self._client.cancel_later(self)
+
+    @property
+    def request_bytes(self) -> int:
+        """Size of the request message: what one attempt uploads."""
+        return self._request.ByteSize()
+
     def _open(self, remaining_s: float):
         with self._lock:
             if self.cancelled:
@@ -307,9 +318,18 @@ class HandoffCall:
     nothing but the cloud's help. ``cancel()`` from any thread stops it.
     """
 
-    def __init__(self, client: CloudClient, request: decoder_pb2.DecodeRequest, deadline_s: float):
+    def __init__(
+        self,
+        client: CloudClient,
+        request: decoder_pb2.DecodeRequest | Callable[[], decoder_pb2.DecodeRequest],
+        deadline_s: float,
+    ):
+        """``request``: the message, or how to build it. A builder runs in the call's own
+        thread (``run``), so encoding the hidden states and building the message are not on the
+        device's way to its first local token (0.6 ms of a text request's 25 on a small CPU)."""
         self._client = client
-        self._request = request
+        self._build = request if callable(request) else (lambda: request)
+        self._request: decoder_pb2.DecodeRequest | None = None
         self._deadline_s = deadline_s
         self._lock = threading.Lock()
         self._call = None
@@ -317,6 +337,19 @@ class HandoffCall:
         self.cancelled = False
         self.attempts = 0
         self._radio = _RadioLedger(client)
+
+    @property
+    def request(self) -> decoder_pb2.DecodeRequest:
+        """The start message, built on first use (by the call's thread, or whoever asks first)."""
+        with self._lock:
+            if self._request is None:
+                self._request = self._build()
+            return self._request
+
+    @property
+    def request_bytes(self) -> int:
+        """Size of the start message (the hidden states' upload)."""
+        return self.request.ByteSize()
 
     def cancel(self) -> None:
         with self._lock:
@@ -326,8 +359,18 @@ class HandoffCall:
         self._outbox.put(None)  # ends the request stream, whatever it waits for
         self._radio.end()
 
+    def cancel_soon(self) -> None:
+        """``cancel()`` by the client's canceller thread, for a caller on a request's critical
+        path: the call counts as cancelled at once (its thread reads any error as ours, its
+        request stream ends), and gRPC's own cancel — about 0.4 ms on a small CPU, which a
+        local run that won its race would otherwise add to the answer — follows off it."""
+        with self._lock:
+            self.cancelled = True
+        self._outbox.put(None)
+        self._client.cancel_later(self)
+
     def _requests(self):
-        yield decoder_pb2.HandoffRequest(start=self._request)
+        yield decoder_pb2.HandoffRequest(start=self.request)
         prefix = self._outbox.get()
         if prefix is not None:
             yield decoder_pb2.HandoffRequest(prefix=decoder_pb2.HandoffPrefix(ids=prefix))
@@ -356,6 +399,7 @@ class HandoffCall:
 
     def _run(self, prefix_now, on_accepted, on_tokens) -> CloudOutcome:
         start = time.monotonic()
+        request = self.request
         with self._lock:
             if self.cancelled:
                 raise CloudUnavailable("cloud call cancelled")
@@ -366,7 +410,7 @@ class HandoffCall:
                 metadata=self._client.metadata,
                 wait_for_ready=False,
             )
-            self._radio.up_bytes += self._request.ByteSize()
+            self._radio.up_bytes += request.ByteSize()
         tokens: list[int] = []
         ttft_s: float | None = None
         final = None
@@ -385,7 +429,7 @@ class HandoffCall:
                         prefix=prefix_message
                     ).ByteSize()
                     check = StreamCheck(
-                        self._request, self._client.limits, _replica(call, self._client), prefix
+                        request, self._client.limits, _replica(call, self._client), prefix
                     )
                     if on_accepted is not None:
                         on_accepted(prefix, time.monotonic())
@@ -493,11 +537,37 @@ class CloudClient:
             self.channel = grpc.insecure_channel(target, options=options)
         self.stub = decoder_pb2_grpc.DecoderStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
+        self._cancels: queue.SimpleQueue = queue.SimpleQueue()
+        self._canceller: threading.Thread | None = None
+        self._canceller_lock = threading.Lock()
+
+    def cancel_later(self, call: CloudCall | HandoffCall) -> None:
+        """Cancel ``call`` from the canceller thread (started on first use): see
+        ``HandoffCall.cancel_soon``."""
+        with self._canceller_lock:
+            if self._canceller is None:
+                self._canceller = threading.Thread(
+                    target=self._cancel_loop, name="cloud-canceller", daemon=True
+                )
+                self._canceller.start()
+        self._cancels.put(call)
+
+    def _cancel_loop(self) -> None:
+        while (call := self._cancels.get()) is not None:
+            try:
+                call.cancel()
+            except Exception:  # one call's cancel must not stop the others'
+                log.exception("cancelling a cloud call failed")
 
     def call(self, request: decoder_pb2.DecodeRequest, deadline_s: float) -> CloudCall:
         return CloudCall(self, request, deadline_s)
 
-    def handoff(self, request: decoder_pb2.DecodeRequest, deadline_s: float) -> HandoffCall:
+    def handoff(
+        self,
+        request: decoder_pb2.DecodeRequest | Callable[[], decoder_pb2.DecodeRequest],
+        deadline_s: float,
+    ) -> HandoffCall:
+        """A Handoff call; ``request`` may be a builder (see ``HandoffCall``)."""
         return HandoffCall(self, request, deadline_s)
 
     def connected(self) -> bool:
@@ -531,6 +601,9 @@ class CloudClient:
         return list(reply.models)
 
     def close(self) -> None:
+        if self._canceller is not None:
+            self._cancels.put(None)
+            self._canceller.join(timeout=2.0)
         self.channel.close()
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from tandem import wire
-from tandem.edge.cloud_client import CloudCall, CloudOutcome, HandoffUnsupported
+from tandem.edge.cloud_client import CloudCall, CloudOutcome, HandoffCall, HandoffUnsupported
 from tandem.edge.local_decode import (
     LocalDecode,
     LocalDone,
@@ -82,12 +82,18 @@ RaceEvent = (
 class SentCall:
     """A cloud call on its way: what the learner needs to read its fate."""
 
-    call: CloudCall
+    call: CloudCall | HandoffCall
     request_id: str
     sent_s: float
     """Monotonic time the request was sent."""
-    nbytes: int
-    """Size of the request message (the upload)."""
+
+    upload_bytes: int | None = None
+    """Size of the request message (the upload); None: ask the call when it is needed (a
+    Handoff's message is built in its own thread, after the call starts)."""
+
+    @property
+    def nbytes(self) -> int:
+        return self.upload_bytes if self.upload_bytes is not None else self.call.request_bytes
 
 
 class Learner(Protocol):
@@ -285,7 +291,7 @@ class Race(_Race):
                 return self._cloud_failed(error)
             case LocalDone(ids, finish):
                 if self._cloud_alive:
-                    self._sent.call.cancel()
+                    self._sent.call.cancel_soon()  # the answer is done: cancel off its path
                 yield from self._finish("local", ids, finish)
                 return True
             case LocalFailed(error):
@@ -455,7 +461,7 @@ class HandoffRace(_Race):
                 return (yield from self._cloud_failed(error))
             case LocalDone(ids, finish):
                 if self._cloud_alive:
-                    self._sent.call.cancel()
+                    self._sent.call.cancel_soon()  # the answer is done: cancel off its path
                     self._cloud_alive = False
                     self._result.upload_ms = self._learner.handoff_done(
                         self._sent, self._accepted_s, None

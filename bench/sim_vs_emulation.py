@@ -29,11 +29,17 @@ only that, measured first:
   simulator's link and routing are the ones with cloud traffic. The agent and the simulator
   both get the calibrated profiles.
 
-``--quick``: 3 traces x 2 policies (3 with ``handoff``, once the simulator plays it), about
-4 minutes. The last line is one JSON object with
-``max_rel_err``. ``--trace``/``--policy`` pick rows (repeatable); ``--per-request`` prints
-each request's route, reason and latency on both sides, the quickest way to see why a row
-disagrees.
+Noise: on a small host the machine's own speed drifts by up to ~20 % over a minute (other
+work, other tenants), and one 25-request run of a row can land in such a stretch — rows that
+keep every request on the device, where the simulator and the agent agree by construction,
+missed by 19 % that way. So ``--repeats R`` plays the whole set R times, interleaved (repeat
+by repeat, each with its own calibration right before it, so a slow stretch hits different
+rows in different repeats), and a row's error is the **median** of its R signed errors (each
+repeat's emulated mean against its simulated mean); the table shows all R. ``--quick``: 3
+traces x 3 policies, 20 requests per run, 3 repeats, about 12 minutes. The last line is one
+JSON object with ``max_rel_err``. ``--trace``/``--policy`` pick rows (repeatable);
+``--per-request`` prints each request's route, reason and latency on both sides, the quickest
+way to see why a row disagrees.
 
     python bench/sim_vs_emulation.py --quick
     python bench/sim_vs_emulation.py --trace mahimahi_tmobile-umts-driving_down.csv \
@@ -74,10 +80,9 @@ FULL_TRACES = QUICK_TRACES + (
 QUICK_POLICIES = ("always_cloud", "cost_model")
 FULL_POLICIES = ("always_local", "always_cloud", "threshold", "cost_model")
 HANDOFF = "handoff"
-"""Issue 18's policy. The agent runs HANDOFF for real (``Decoder.Handoff``); its rows join
-both sets by themselves once the policy and the simulator play it too
-(``tandem.emulate.runner.EMU_POLICIES``, which follows the simulator's policies). Until then
-there is no ``handoff`` policy to compare, and no row."""
+"""The racing policy: the agent runs HANDOFF for real (``Decoder.Handoff``), the simulator
+plays it (``tandem.sim.handoff``); its rows join both sets whenever the emulator can play it
+(``tandem.emulate.runner.EMU_POLICIES``), and with them the race calibration."""
 
 
 def traces_dir(arg: str | None) -> Path:
@@ -152,12 +157,62 @@ def calibrate_overheads(
     return device_ms, max(0.0, gaps["always_cloud"] - device_ms)
 
 
-def with_overhead(profile_path: Path, overhead_ms: float, out: Path) -> Path:
-    """A copy of a profile file with ``request_overhead_ms`` set."""
+RACE_LINK_MBPS = 0.2
+"""The constant link of the race calibration: slow enough that no upload of the quick
+workload lands before its local run ends (a 14-token source's 3.7 kB take 150 ms, its local
+decoding about 25), fast enough that the ``handoff`` policy still races (the cloud predicted
+within its ``handoff_band`` of local)."""
+
+
+def calibrate_race(
+    device_path: Path, cloud_path: Path, mode: str, scenario, draws, inputs, workdir: Path,
+    seed: int,
+) -> float:  # fmt: skip
+    """The device's cost of racing (``Profile.race_overhead_ms``) in ms, real agent minus
+    simulator: ``handoff`` on a slow constant link where the local run wins every race, with
+    the profiles already carrying the fixed per-request costs, so the typical gap left is what
+    the race's upload, threads and stream checks cost the local run. Requests both sides raced
+    count; the median, as for the fixed costs."""
+    from tandem.emulate.processes import CLOUD_NICENESS
+    from tandem.emulate.runner import run_emulation
+    from tandem.policy import PolicyConfig
+    from tandem.sim.profiles import load_profile
+    from tandem.sim.runner import simulate
+    from tandem.sim.trace import parse_trace
+
+    rate = f"{RACE_LINK_MBPS:g}"
+    slow = parse_trace(f"t_s,bandwidth_mbps\n0,{rate}\n1,{rate}\n", "slow-constant", 1.0)
+    cfg = PolicyConfig()
+    device, cloud = load_profile(device_path), load_profile(cloud_path)
+    sim = simulate(slow, "handoff", draws, scenario, device, cloud, cfg)
+    emu, _ = run_emulation(
+        slow, "handoff", draws, inputs, scenario, cfg, device_path, cloud_path, mode,
+        seed=seed, workdir=workdir / "race", cloud_niceness=CLOUD_NICENESS,
+    )  # fmt: skip
+    raced = [
+        i
+        for i, (a, b) in enumerate(zip(sim.reasons, emu.reasons, strict=True))
+        if a == b == "handoff_faster" and not sim.cloud[i] and not emu.cloud[i]
+    ]
+    gaps = emu.latency_ms[raced] - sim.latency_ms[raced]
+    race_ms = max(0.0, float(np.nanmedian(gaps))) if raced else 0.0
+    print(
+        f"calibration handoff on {rate} Mbit/s: {len(raced)} requests raced and won locally, "
+        f"emulator {np.nanmean(emu.latency_ms):.1f} ms, simulator (no race cost) "
+        f"{sim.latency_ms.mean():.1f} ms",
+        flush=True,
+    )
+    return race_ms
+
+
+def with_overhead(profile_path: Path, overhead_ms: float, out: Path, race_ms: float = 0.0) -> Path:
+    """A copy of a profile file with ``request_overhead_ms`` (and ``race_overhead_ms``) set."""
     import yaml
 
     data = yaml.safe_load(profile_path.read_text())
     data["request_overhead_ms"] = round(overhead_ms, 3)
+    if race_ms:
+        data["race_overhead_ms"] = round(race_ms, 3)
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out
 
@@ -178,6 +233,49 @@ def print_per_request(sim, emu) -> None:
         )
 
 
+def measured_run(sim, emu, info) -> dict:
+    """One repeat of one row: both means, the signed error and what routed where."""
+    sim_mean = float(sim.latency_ms.mean())
+    emu_mean = float(np.nanmean(emu.latency_ms))
+    return {
+        "sim_mean_ms": sim_mean,
+        "emu_mean_ms": emu_mean,
+        "signed_err": (emu_mean - sim_mean) / sim_mean,
+        "sim_cloud": float(sim.cloud.mean()),
+        "emu_cloud": float(emu.cloud.mean()),
+        "routes_differ": int((sim.cloud != emu.cloud).sum()),
+        "sim_p95_ms": float(np.percentile(sim.latency_ms, 95)),
+        "emu_p95_ms": float(np.nanpercentile(emu.latency_ms, 95)),
+        "answered": info.answered,
+        "requests": info.requests,
+    }
+
+
+def combine(trace: str, policy: str, runs: list[dict]) -> dict:
+    """A row from its repeats: the median signed error (a slow stretch of the machine moves
+    one repeat, not the median of three), the median of every other figure, and the answered
+    requests summed."""
+
+    def med(key: str) -> float:
+        return float(np.median([r[key] for r in runs]))
+
+    errs = [r["signed_err"] for r in runs]
+    return {
+        "trace": trace,
+        "policy": policy,
+        "sim_mean_ms": round(med("sim_mean_ms"), 1),
+        "emu_mean_ms": round(med("emu_mean_ms"), 1),
+        "rel_err": round(abs(float(np.median(errs))), 3),
+        "repeats": [round(e, 3) for e in errs],
+        "sim_cloud": round(med("sim_cloud"), 2),
+        "emu_cloud": round(med("emu_cloud"), 2),
+        "routes_differ": int(round(med("routes_differ"))),
+        "sim_p95_ms": round(med("sim_p95_ms"), 1),
+        "emu_p95_ms": round(med("emu_p95_ms"), 1),
+        "answered": f"{sum(r['answered'] for r in runs)}/{sum(r['requests'] for r in runs)}",
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 traces x 2 policies")
@@ -185,6 +283,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=None, help="requests per run")
     parser.add_argument("--rate", type=float, default=1.0, help="arrivals per second")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="play the set this many times, interleaved; a row's error is the median (quick: 3)",
+    )
     parser.add_argument("--mode", choices=("auto", "netns", "loopback"), default="auto")
     parser.add_argument(
         "--trace", action="append", help="only this trace file (repeatable; default: the set)"
@@ -217,7 +321,10 @@ def main() -> int:
     policies = args.policy or (QUICK_POLICIES if args.quick else FULL_POLICIES)
     if not args.policy and HANDOFF in EMU_POLICIES:
         policies = (*policies, HANDOFF)
-    n = args.requests or (25 if args.quick else 60)
+    n = args.requests or (20 if args.quick else 60)
+    repeats = args.repeats or (3 if args.quick else 1)
+    if repeats < 1:
+        parser.error("--repeats must be >= 1")
     started = time.monotonic()
     mode, why, caps = choose_mode(args.mode)
     print(f"mode {mode}: {why}; {caps.summary()}", flush=True)
@@ -236,56 +343,60 @@ def main() -> int:
             tmpdir / "device-measured.yaml", args.quick, default_intra_op_threads()
         )
         cloud_measured = measure_profile(tmpdir / "cloud-measured.yaml", args.quick, 0)
-        device_ms, cloud_ms = calibrate_overheads(
-            device_measured, cloud_measured, mode, scenario, draws, inputs, tmpdir, args.seed
-        )
-        print(
-            f"calibrated on an ideal link: device {device_ms:.2f} ms, cloud {cloud_ms:.2f} ms "
-            "per request outside the model runs",
-            flush=True,
-        )
-        device_path = with_overhead(device_measured, device_ms, tmpdir / "device.yaml")
-        cloud_path = with_overhead(cloud_measured, cloud_ms, tmpdir / "cloud.yaml")
-        device_profile, cloud_profile = load_profile(device_path), load_profile(cloud_path)
-        rows = []
-        for name in names:
-            trace = load_trace(folder / name)
-            for policy in policies:
-                sim = simulate(trace, policy, draws, scenario, device_profile, cloud_profile, cfg)
-                emu, info = run_emulation(
-                    trace, policy, draws, inputs, scenario, cfg, device_path, cloud_path,
-                    mode, seed=args.seed, cloud_niceness=CLOUD_NICENESS,
-                )  # fmt: skip
-                if args.per_request:
-                    print_per_request(sim, emu)
-                sim_mean = float(sim.latency_ms.mean())
-                emu_mean = float(np.nanmean(emu.latency_ms))
-                row = {
-                    "trace": trace.name,
-                    "policy": policy,
-                    "sim_mean_ms": round(sim_mean, 1),
-                    "emu_mean_ms": round(emu_mean, 1),
-                    "rel_err": round(abs(emu_mean - sim_mean) / sim_mean, 3),
-                    "sim_cloud": round(float(sim.cloud.mean()), 2),
-                    "emu_cloud": round(float(emu.cloud.mean()), 2),
-                    "routes_differ": int((sim.cloud != emu.cloud).sum()),
-                    "sim_p95_ms": round(float(np.percentile(sim.latency_ms, 95)), 1),
-                    "emu_p95_ms": round(float(np.nanpercentile(emu.latency_ms, 95)), 1),
-                    "answered": f"{info.answered}/{info.requests}",
-                }
-                rows.append(row)
-                print(
-                    f"{trace.name} {policy}: sim {sim_mean:.1f} ms, emu {emu_mean:.1f} ms "
-                    f"({100 * row['rel_err']:.1f}%), {info.wall_s:.0f} s",
-                    file=sys.stderr,
-                    flush=True,
+        traces = [load_trace(folder / name) for name in names]
+        runs: dict[tuple[str, str], list[dict]] = {}
+        overheads = []
+        for rep in range(repeats):
+            work = tmpdir / f"r{rep}"
+            work.mkdir()
+            device_ms, cloud_ms = calibrate_overheads(
+                device_measured, cloud_measured, mode, scenario, draws, inputs, work, args.seed
+            )
+            device_path = with_overhead(device_measured, device_ms, work / "device.yaml")
+            cloud_path = with_overhead(cloud_measured, cloud_ms, work / "cloud.yaml")
+            race_ms = 0.0
+            if HANDOFF in policies:
+                race_ms = calibrate_race(
+                    device_path, cloud_path, mode, scenario, draws, inputs, work, args.seed
                 )
+                device_path = with_overhead(device_measured, device_ms, device_path, race_ms)
+            overheads.append((device_ms, cloud_ms, race_ms))
+            print(
+                f"repeat {rep + 1}/{repeats}, calibrated: device {device_ms:.2f} ms, cloud "
+                f"{cloud_ms:.2f} ms per request outside the model runs (ideal link); racing "
+                f"{race_ms:.2f} ms on the device's local run",
+                flush=True,
+            )
+            device_profile, cloud_profile = load_profile(device_path), load_profile(cloud_path)
+            for trace in traces:
+                for policy in policies:
+                    sim = simulate(
+                        trace, policy, draws, scenario, device_profile, cloud_profile, cfg
+                    )
+                    emu, info = run_emulation(
+                        trace, policy, draws, inputs, scenario, cfg, device_path, cloud_path,
+                        mode, seed=args.seed, cloud_niceness=CLOUD_NICENESS,
+                    )  # fmt: skip
+                    if args.per_request:
+                        print_per_request(sim, emu)
+                    run = measured_run(sim, emu, info)
+                    runs.setdefault((trace.name, policy), []).append(run)
+                    print(
+                        f"{trace.name} {policy}: sim {run['sim_mean_ms']:.1f} ms, emu "
+                        f"{run['emu_mean_ms']:.1f} ms ({100 * run['signed_err']:+.1f}%), "
+                        f"{info.wall_s:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    rows = [combine(trace, policy, rs) for (trace, policy), rs in runs.items()]
+    device_ms, cloud_ms, race_ms = (float(np.median(col)) for col in zip(*overheads, strict=True))
 
-    headers = ["trace", "policy", "sim mean ms", "emu mean ms", "rel err", "sim p95", "emu p95",
-               "cloud sim/emu", "routes differ", "answered"]  # fmt: skip
+    headers = ["trace", "policy", "sim mean ms", "emu mean ms", "rel err", "each repeat",
+               "sim p95", "emu p95", "cloud sim/emu", "routes differ", "answered"]  # fmt: skip
     table = [
         [r["trace"], r["policy"], str(r["sim_mean_ms"]), str(r["emu_mean_ms"]),
          f"{100 * r['rel_err']:.1f}%" + ("" if r["rel_err"] <= TARGET_REL_ERR else " MISS"),
+         " ".join(f"{100 * e:+.1f}%" for e in r["repeats"]),
          str(r["sim_p95_ms"]), str(r["emu_p95_ms"]), f"{r['sim_cloud']:.2f}/{r['emu_cloud']:.2f}",
          r["routes_differ"], r["answered"]]
         for r in rows
@@ -297,10 +408,12 @@ def main() -> int:
         "bench": "sim_vs_emulation",
         "mode": mode,
         "requests": n,
+        "repeats": repeats,
         "rate_per_s": args.rate,
         "runs": len(rows),
         "device_overhead_ms": round(device_ms, 3),
         "cloud_overhead_ms": round(cloud_ms, 3),
+        "race_overhead_ms": round(race_ms, 3),
         "max_rel_err": max_err,
         "mean_rel_err": round(float(np.mean([r["rel_err"] for r in rows])), 3),
         "target_rel_err": TARGET_REL_ERR,
@@ -309,10 +422,16 @@ def main() -> int:
     }
     page = ResultsPage("sim_vs_emulation", "Results: simulator against emulator (fidelity)")
     page.text(
-        f"Mode `{mode}` ({why}); {n} requests at {args.rate:g}/s per run, seed {args.seed}. "
-        f"Calibrated on an ideal link: device {device_ms:.2f} ms, cloud {cloud_ms:.2f} ms per "
-        f"request outside the model runs. Target: mean latency within "
-        f"{TARGET_REL_ERR:.0%} per trace x policy."
+        f"Mode `{mode}` ({why}); {n} requests at {args.rate:g}/s per run, seed {args.seed}, "
+        f"{repeats} interleaved repeat(s) of the whole set. Calibrated before each repeat, on an "
+        f"ideal link: device {device_ms:.2f} ms, cloud {cloud_ms:.2f} ms per request outside "
+        f"the model runs; on a {RACE_LINK_MBPS:g} Mbit/s constant link: racing costs the "
+        f"device's local run {race_ms:.2f} ms (medians over repeats; device/cloud/race in "
+        f"each: {', '.join(f'{d:.2f}/{c:.2f}/{r:.2f}' for d, c, r in overheads)}). "
+        "Target: mean latency within "
+        f"{TARGET_REL_ERR:.0%} per trace x policy; a row's error is the median of its "
+        "repeats' signed errors (emulated mean against simulated mean, same repeat), all of "
+        "them in *each repeat*."
     )
     page.table(headers, table)
     page.json(summary)

@@ -43,6 +43,7 @@ _TOP_KEYS = frozenset(
         "part_bytes",
         "peak_rss_mb",
         "request_overhead_ms",
+        "race_overhead_ms",
         "power_w",
         "power_source",
     }
@@ -80,6 +81,12 @@ class Profile:
     profile, the service's gRPC handling, codec and scheduling (cloud requests pay it).
     ``tandem profile`` times model runs only and leaves it 0; a measured value comes from
     running the real daemons (``bench/sim_vs_emulation.py`` calibrates it on an ideal link)."""
+    race_overhead_ms: float = 0.0
+    """Device profile: how much longer the local run takes while it races the cloud (HANDOFF)
+    — the upload's thread, gRPC's work and the checks of the cloud's stream share the device's
+    CPU and interpreter with the decoder. About 1.5-2 ms on a 2-core host for a 20-token
+    answer. Like ``request_overhead_ms`` only the real daemons show it; the fidelity bench
+    calibrates it on a slow constant link, where every race is won by the local run."""
     power_w: float = DEFAULT_POWER_W
     """Active power of this machine while an inference run keeps a lane busy (see
     ``policy.energy``): device compute energy = power_w x busy time. Optional in the file."""
@@ -99,6 +106,11 @@ class Profile:
             raise ConfigError(
                 f"profile: request_overhead_ms must be a finite number >= 0, "
                 f"got {self.request_overhead_ms}"
+            )
+        if not (self.race_overhead_ms >= 0 and math.isfinite(self.race_overhead_ms)):
+            raise ConfigError(
+                f"profile: race_overhead_ms must be a finite number >= 0, "
+                f"got {self.race_overhead_ms}"
             )
         if not (self.power_w >= 0 and math.isfinite(self.power_w)):
             raise ConfigError(f"profile: power_w must be a finite number >= 0, got {self.power_w}")
@@ -205,6 +217,7 @@ class Profile:
             description=f"{self.description} (scaled x{factor:g})".strip(),
             fingerprint=self.fingerprint,
             request_overhead_ms=self.request_overhead_ms * factor,
+            race_overhead_ms=self.race_overhead_ms * factor,
             power_w=self.power_w,
         )
 
@@ -249,6 +262,9 @@ class Profile:
                 fingerprint=str(model.get("fingerprint", "")),
                 request_overhead_ms=_number(
                     data.get("request_overhead_ms", 0.0), f"{where}: request_overhead_ms"
+                ),
+                race_overhead_ms=_number(
+                    data.get("race_overhead_ms", 0.0), f"{where}: race_overhead_ms"
                 ),
                 power_w=_number(data.get("power_w", DEFAULT_POWER_W), f"{where}: power_w"),
             )

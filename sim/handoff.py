@@ -52,7 +52,8 @@ def play_handoff(
 ) -> Handoff:
     """Play one HANDOFF (docs/policy.md, "HANDOFF"), exactly as an agent can run it:
 
-    1. at ``t_e`` the device starts decoding at once and the upload of the hidden states starts;
+    1. at ``t_e`` the device starts decoding at once and the upload of the hidden states starts
+       (the local run takes the device profile's ``race_overhead_ms`` longer than alone);
     2. when the upload has gone through the link, the device sends its prefix — the ``k0``
        tokens it has decoded by then — and ends its side of the call;
     3. the cloud waits in its queue, builds its cache, forces the prefix in one pass (costed as
@@ -66,7 +67,10 @@ def play_handoff(
     p = dev.profile
     start, local_end, lane = dev.decode_slot(t_e, steps)
     slow = dev.slow(start)
-    local_at = [start + p.decode_ms(k) * slow / 1000.0 for k in range(1, steps + 1)]
+    # Racing costs the local run the profile's race_overhead_ms, spread over its steps.
+    race_ms = p.race_overhead_ms / max(steps, 1)
+    local_at = [start + (p.decode_ms(k) * slow + race_ms * k) / 1000.0 for k in range(1, steps + 1)]
+    local_end += p.race_overhead_ms / 1000.0
     local_at[-1] = local_end
     owd = rtt_ms / 2000.0
     up_end = trace.transfer_end(t_e, nbytes) + (rtt_ms / 1000.0 if lost else 0.0)

@@ -317,3 +317,43 @@ def test_an_older_replica_without_handoff_gets_decode_calls_instead(
     assert old.decodes == 2, "after the first UNIMPLEMENTED, HANDOFF goes by Decode"
     assert agent.metrics.counts["fallback:handoff_unsupported"] == 1
     assert agent.breaker.state(time.monotonic()) is BreakerState.CLOSED
+
+
+class SilentHandoff(FakeHandoff):
+    """Never acknowledges; records when the device's cancel reaches it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.cancelled = threading.Event()
+        self.start_bytes = 0
+
+    def Handoff(self, requests, context):
+        self.start_bytes = next(requests).start.ByteSize()
+        self.started.set()
+        context.add_callback(self.cancelled.set)
+        while context.is_active():
+            time.sleep(0.01)
+        return
+        yield  # a generator: a stream that never says anything
+
+
+def test_a_race_won_locally_cancels_the_call_off_the_answers_path(
+    text_bundle, fake_server, agent_factory, expected
+):
+    """The local run wins (the replica never acknowledges): the answer is the local decode,
+    the call is cancelled afterwards by the client's canceller (the replica sees it end), and
+    the message — built in the call's own thread — is what the learner counts."""
+    fake = SilentHandoff()
+    port = fake_server(fake)
+    # A local run of a few steps of 20 ms: the call is open at the replica long before it ends.
+    agent = handoff_agent(
+        agent_factory, port, model=SlowModel(text_bundle, delay_s=0.02), first_token_timeout_s=30.0
+    )
+    pieces, outcome = run(agent, LONG)
+    assert outcome.route == "local" and outcome.fallbacks == []
+    assert contiguous(pieces) == outcome.ids == expected[LONG]
+    assert fake.started.wait(5.0), "the call reached the replica"
+    assert fake.cancelled.wait(5.0), "the canceller cancelled the call"
+    assert agent.metrics.counts["handoff:local"] == 1
+    assert fake.start_bytes > 0

@@ -63,6 +63,12 @@ def test_request_overhead_is_optional_and_zero_by_default():
     assert Profile.from_dict(DOC).request_overhead_ms == 0.0
 
 
+def test_race_overhead_is_optional_zero_by_default_and_scales():
+    assert Profile.from_dict(DOC).race_overhead_ms == 0.0
+    r = Profile.from_dict({**DOC, "race_overhead_ms": 2.0})
+    assert r.race_overhead_ms == 2.0 and r.scaled(3.0).race_overhead_ms == 6.0
+
+
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
@@ -74,6 +80,8 @@ def test_request_overhead_is_optional_and_zero_by_default():
         (("extra",), 1, "unknown keys"),
         (("request_overhead_ms",), "fast", "request_overhead_ms must be a number"),
         (("request_overhead_ms",), -1.0, "request_overhead_ms must be a finite number >= 0"),
+        (("race_overhead_ms",), "slow", "race_overhead_ms must be a number"),
+        (("race_overhead_ms",), float("inf"), "race_overhead_ms must be a finite number >= 0"),
     ],
 )
 def test_invalid_documents_raise_config_error(path, value, message):

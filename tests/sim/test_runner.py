@@ -155,6 +155,24 @@ def test_fixed_request_costs_of_device_and_cloud(trace, device, cloud_profile, d
     )
 
 
+def test_racing_costs_the_local_run_the_device_profiles_race_overhead(
+    trace, device, cloud_profile, draws
+):
+    """HANDOFF requests the local run wins finish ``race_overhead_ms`` later; other routes and
+    policies do not pay it."""
+    base = run(trace, "handoff", draws, device, cloud_profile)
+    racy = dataclasses.replace(device, race_overhead_ms=2.0)
+    slower = run(trace, "handoff", draws, racy, cloud_profile)
+    won_locally = (base.reasons == np.array(slower.reasons)) & ~base.cloud & ~slower.cloud
+    raced = np.array([r in ("handoff_faster", "outage_race") for r in base.reasons])
+    both = won_locally & raced
+    assert both.any()
+    assert np.all(slower.latency_ms[both] >= base.latency_ms[both] + 2.0 - 1e-6)
+    local = run(trace, "always_local", draws, device, cloud_profile)
+    assert np.array_equal(run(trace, "always_local", draws, racy, cloud_profile).latency_ms,
+                          local.latency_ms)  # fmt: skip
+
+
 def test_the_simulated_agent_learns_from_a_call_only_what_the_real_one_can():
     """No TCP_INFO: a call that turns late before any token teaches the whole payload over the
     time spent (censored); one that had its first token and then ran out of time teaches only

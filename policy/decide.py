@@ -30,6 +30,7 @@ bandwidth shrinks, so more bandwidth never turns CLOUD into LOCAL.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -228,6 +229,12 @@ def decide(
     cloud's; ``state`` is what ``remember`` returned after the previous decision (None at
     start). Never raises for valid inputs; offline is a normal state, answered with LOCAL.
     """
+    if cfg.objective == "min_energy":
+        # A latency budget over requests is about mean times, so uploads are priced at the
+        # typical uplink, not the pessimistic one. The pessimistic quantile is most pessimistic
+        # where this objective uploads least (few fresh samples, the prior weighs more), and
+        # the budget, a multiple of the fastest route, would grow with its own abstinence.
+        obs = dataclasses.replace(obs, uplink_low_bps=obs.uplink_bps)
     costs = predict_costs(obs, device, cloud, cfg)
 
     def local(reason: str) -> Decision:

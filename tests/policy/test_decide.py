@@ -284,6 +284,19 @@ def test_min_energy_takes_the_cheapest_route_within_the_latency_budget(device, c
     assert fastest <= min(c.local_ms, c.cloud_ms)
 
 
+def test_min_energy_prices_uploads_at_the_typical_uplink(device, cloud):
+    """A mean budget is about mean times: min_energy prices uploads at the typical uplink, where
+    a single latency decision keeps the pessimistic one."""
+    o = obs(predicted_tokens=60.0, uplink_bps=2e6, uplink_low_bps=0.5e6)
+    typical = dataclasses.replace(o, uplink_low_bps=o.uplink_bps)
+    energy = PolicyConfig(objective="min_energy")
+    d = decide(o, device, cloud, energy)
+    assert d.cloud_ms == predict_costs(typical, device, cloud, energy).cloud_ms
+    assert d.cloud_ms < predict_costs(o, device, cloud, energy).cloud_ms
+    latency = decide(o, device, cloud, PolicyConfig())
+    assert latency.cloud_ms == predict_costs(o, device, cloud, PolicyConfig()).cloud_ms
+
+
 def test_weighted_objective_trades_latency_for_energy_and_bytes(device, cloud):
     o = obs(predicted_tokens=60.0, radio_idle_s=None)
     assert decide(o, device, cloud, PolicyConfig(objective="weighted")).route is Route.CLOUD

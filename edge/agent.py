@@ -215,7 +215,7 @@ class Agent(AgentLearning):
         (``len(ids)`` is the source length the cloud is told)."""
         lang = request.target if request.audio is None else request.language
         obs = self.observations(len(ids), lang, request.local_only, encode_ms)
-        decision = self.route(obs)
+        decision, decided_s = self.route(obs), self.clock()
         outcome = Outcome(
             request_id=rid,
             route=decision.route.value,
@@ -248,7 +248,7 @@ class Agent(AgentLearning):
                 yield from self._local(hidden, params, outcome)
         else:
             yield from self._local(hidden, params, outcome)
-        return outcome
+        return self.request_settled(outcome, decision, decided_s)
 
     def observations(
         self, src_len: int, target: str | None, local_only: bool, encode_ms: float = 0.0

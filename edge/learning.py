@@ -23,7 +23,8 @@ from tandem.edge.cloud_client import CloudOutcome, HandoffUnsupported, RadioUse
 from tandem.edge.metrics import EdgeMetrics
 from tandem.edge.race import SentCall
 from tandem.errors import CloudDeadline, CloudViolation
-from tandem.policy.knowledge import AgentKnowledge
+from tandem.policy.knowledge import AgentKnowledge, RequestSettled
+from tandem.policy.observations import Decision
 
 log = logging.getLogger("tandem.edge.agent")  # the agent's log, as before the split
 
@@ -132,6 +133,13 @@ class AgentLearning:
         )
         self.metrics.radio(joules)
         return joules
+
+    def request_settled(self, outcome, decision: Decision, decided_s: float):
+        """The request that ``decision`` routed at ``decided_s`` has its last token now: how
+        long the decided route took against its prediction, a fallback's time included
+        (``AgentKnowledge.request_settled``). Returns ``outcome``, for the pipeline's return."""
+        self._learn(lambda k, now: k.apply(RequestSettled.of(now, decided_s, decision)))
+        return outcome
 
     def request_done(self, target: str | None, src_len: int, ids: list[int], finish: str) -> None:
         steps = len(ids) + (finish == "eos")  # decoder steps, EOS included

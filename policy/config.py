@@ -137,6 +137,10 @@ class PolicyConfig:
     hedge_factor: float = 1.0
     """Hedge deadline = hedge_factor x pessimistic time to first token + hedge_slack_ms."""
     hedge_slack_ms: float = 20.0
+    overrun_alpha: float = 0.3
+    """Weight of each finished CLOUD request in ``Observations.cloud_overrun_ms`` (a memory of
+    about three requests): cellular stalls come and go within seconds, so the overrun must
+    rise with the first stalled calls and fall again once calls are on time."""
     call_deadline_ms: float = 2000.0
     """Whole-call deadline of the cloud client; prices a failed CLOUD attempt without hedge."""
     threshold_uplink_bps: float = 500_000.0
@@ -199,6 +203,7 @@ class PolicyConfig:
         bound(self, "max_cpu_load", "hysteresis", ge=0, lt=1)
         bound(self, "hedge_factor", ge=1)
         bound(self, "call_deadline_ms", gt=0)
+        bound(self, "overrun_alpha", gt=0, le=1)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "policy") -> PolicyConfig:

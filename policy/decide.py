@@ -22,13 +22,15 @@ Order of rules, for every policy:
 
 It picks the smaller, with hysteresis, and gives CLOUD a hedge deadline: ``hedge_factor`` x the
 expected time to first token + ``hedge_slack_ms``, and with the latency objective never more
-than the time the cloud is predicted to save (``latency_hedge_ms``); if no token has arrived by
+than the time the cloud is predicted to save less its recent overrun (``latency_hedge_ms``,
+``Observations.cloud_overrun_ms``); if no token has arrived by
 then the agent also starts decoding locally and keeps whichever finishes first. Every term of CLOUD grows as
 bandwidth shrinks, so more bandwidth never turns CLOUD into LOCAL.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -227,6 +229,12 @@ def decide(
     cloud's; ``state`` is what ``remember`` returned after the previous decision (None at
     start). Never raises for valid inputs; offline is a normal state, answered with LOCAL.
     """
+    if cfg.objective == "min_energy":
+        # A latency budget over requests is about mean times, so uploads are priced at the
+        # typical uplink, not the pessimistic one. The pessimistic quantile is most pessimistic
+        # where this objective uploads least (few fresh samples, the prior weighs more), and
+        # the budget, a multiple of the fastest route, would grow with its own abstinence.
+        obs = dataclasses.replace(obs, uplink_low_bps=obs.uplink_bps)
     costs = predict_costs(obs, device, cloud, cfg)
 
     def local(reason: str) -> Decision:
@@ -269,7 +277,13 @@ def decide(
 
     if policy == "handoff" or cfg.objective != "latency":
         credit = state.latency_credit_ms if state is not None else 0.0
-        return _choose(costs, cfg, handoff=policy == "handoff", credit_ms=credit)
+        return _choose(
+            costs,
+            cfg,
+            handoff=policy == "handoff",
+            credit_ms=credit,
+            overrun_ms=obs.cloud_overrun_ms,
+        )
 
     # cost_model, latency objective
     last = state.last_route if state is not None else None
@@ -280,25 +294,32 @@ def decide(
     else:
         go_cloud = costs.cloud_ms < costs.local_ms
     if go_cloud:
-        return cloud_route("cloud_faster", latency_hedge_ms(costs))
+        return cloud_route("cloud_faster", latency_hedge_ms(costs, obs.cloud_overrun_ms))
     return local("local_faster")
 
 
-def latency_hedge_ms(costs: RouteCosts) -> float | None:
+def latency_hedge_ms(costs: RouteCosts, overrun_ms: float = 0.0) -> float | None:
     """The hedge deadline of a CLOUD route chosen for latency: the usual one (a first token
     later than expected), but never later than the time the cloud is predicted to save over
-    local decoding. Beyond that, waiting for the cloud can only lose: with a hedge the cloud
-    keeps going and the first to finish wins, so starting local decoding then costs this
-    request no time, while a cloud that stalls (an outage starting) costs every millisecond
-    waited. A near tie therefore starts both at once."""
+    local decoding, less what recent CLOUD requests ran past their predictions
+    (``overrun_ms``, ``Observations.cloud_overrun_ms``). Beyond that, waiting for the cloud
+    can only lose: with a hedge the cloud keeps going and the first to finish wins, so
+    starting local decoding then costs this request no time, while a cloud that stalls (an
+    outage starting) costs every millisecond waited. A saving no larger than the cloud's
+    recent overrun is no saving to count on, so a near tie — or a link whose calls have been
+    stalling — starts both at once."""
     if costs.hedge_deadline_ms is None:
         return None
-    saving_ms = max(0.0, costs.local_ms - costs.cloud_ms)
+    saving_ms = max(0.0, costs.local_ms - costs.cloud_ms - overrun_ms)
     return min(costs.hedge_deadline_ms, saving_ms)
 
 
 def _choose(
-    costs: RouteCosts, cfg: PolicyConfig, handoff: bool, credit_ms: float = 0.0
+    costs: RouteCosts,
+    cfg: PolicyConfig,
+    handoff: bool,
+    credit_ms: float = 0.0,
+    overrun_ms: float = 0.0,
 ) -> Decision:
     """The priced choice among LOCAL, CLOUD and (``handoff``) HANDOFF under ``cfg.objective``.
 
@@ -348,7 +369,7 @@ def _choose(
     route, _, energy, _ = best
     hedge = costs.hedge_deadline_ms
     if objective == "latency":
-        hedge = latency_hedge_ms(costs)
+        hedge = latency_hedge_ms(costs, overrun_ms)
     return Decision(
         route,
         reason,

@@ -11,6 +11,7 @@ telling it what happened and when::
     k.call_failed(t)                  # a call failed (after a token, or refused)
     k.call_done(t, nbytes, ttft_ms, ...)   # a call completed
     k.request_done(t, lang, src_len, steps)
+    k.request_settled(t, decided_s, route, predicted_ms)   # its last token came at t
     k.radio_used(start, end, up_bytes, down_bytes)   # a call held the radio (returns joules)
     k.network_type_seen(t, "lte")     # the device now reaches the cloud over this radio
     obs = k.observations(t, src_len, lang, encode_ms, ...)
@@ -26,6 +27,7 @@ the instant the agent would learn them (the simulator's event queue) or replay a
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from tandem.policy.config import PolicyConfig
@@ -42,7 +44,7 @@ from tandem.policy.estimators import (
     observe_upload,
 )
 from tandem.policy.length import LengthModel, observe_length, predict_length
-from tandem.policy.observations import Decision, Observations
+from tandem.policy.observations import Decision, Observations, Route
 from tandem.policy.profile import Profile
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,25 @@ class RequestDone:
 
 
 @dataclass(frozen=True)
+class RequestSettled:
+    """The last token of a request routed to ``route`` at ``decided_s`` came at ``t_s``,
+    whatever happened on the way (a hedge that fired, a fallback); the policy had predicted
+    ``predicted_ms`` from the decision to the last token on that route."""
+
+    t_s: float
+    decided_s: float
+    route: Route
+    predicted_ms: float
+
+    @classmethod
+    def of(cls, t_s: float, decided_s: float, decision: Decision) -> RequestSettled:
+        """The event of a request that ``decision`` routed at ``decided_s``."""
+        predicted = {Route.LOCAL: decision.local_ms, Route.CLOUD: decision.cloud_ms}
+        fallback = decision.handoff_ms if decision.handoff_ms is not None else math.inf
+        return cls(t_s, decided_s, decision.route, predicted.get(decision.route, fallback))
+
+
+@dataclass(frozen=True)
 class RadioUsed:
     """One cloud call (CLOUD or HANDOFF) held the radio from ``start_s`` to ``end_s`` (when its
     last byte went or came, or it was cancelled), moving ``up_bytes`` and ``down_bytes``.
@@ -141,6 +162,7 @@ Event = (
     | CallFailed
     | CallDone
     | RequestDone
+    | RequestSettled
     | RadioUsed
     | NetworkTypeSeen
 )
@@ -171,6 +193,7 @@ class AgentKnowledge:
         self.cloud_queue_ms = cloud_queue_ms
         self.network_type_seen(0.0, network_type)
         self.radio = RadioState()
+        self.cloud_overrun_ms = 0.0
 
     # -- events -------------------------------------------------------------------------------
 
@@ -233,6 +256,21 @@ class AgentKnowledge:
     def request_done(self, t_s: float, lang: str, src_len: int, steps: int) -> None:
         self.lengths = observe_length(self.lengths, lang, src_len, steps, self.cfg.length)
 
+    def request_settled(
+        self, t_s: float, decided_s: float, route: Route, predicted_ms: float
+    ) -> None:
+        """A CLOUD request's time from the decision to its last token against its prediction:
+        how far past it ran (0 when on time or early) moves ``cloud_overrun_ms`` by
+        ``overrun_alpha``. The prediction already prices a lost attempt at the loss rate; what
+        it misses is a link whose uploads stall without failing probes, and the hedge of the
+        next CLOUD decision shrinks by it (``decide.latency_hedge_ms``). Other routes, and a
+        prediction that was no time at all, teach nothing here."""
+        actual_ms = (t_s - decided_s) * 1000.0
+        if route is not Route.CLOUD or not math.isfinite(predicted_ms + actual_ms):
+            return
+        over_ms = max(0.0, actual_ms - predicted_ms)
+        self.cloud_overrun_ms += self.cfg.overrun_alpha * (over_ms - self.cloud_overrun_ms)
+
     def radio_used(self, start_s: float, end_s: float, up_bytes: float, down_bytes: float) -> float:
         """A call held the radio from ``start_s`` to ``end_s``; returns the energy it added
         (``energy.transfer_j``: promotion and whole tail if the radio was idle, else only the
@@ -267,6 +305,8 @@ class AgentKnowledge:
                 self.call_done(t_s, nbytes, ttft_ms, upload_s, queue_ms, first_step_ms)
             case RequestDone(t_s, lang, src_len, steps):
                 self.request_done(t_s, lang, src_len, steps)
+            case RequestSettled(t_s, decided_s, route, predicted_ms):
+                self.request_settled(t_s, decided_s, route, predicted_ms)
             case RadioUsed(t_s, start_s, up_bytes, down_bytes):
                 self.radio_used(start_s, t_s, up_bytes, down_bytes)
             case NetworkTypeSeen(t_s, network_type):
@@ -324,4 +364,5 @@ class AgentKnowledge:
             cloud_queue_ms=self.cloud_queue_ms,
             network_type=self.network_type,
             radio_idle_s=idle_s(self.radio, now_s),
+            cloud_overrun_ms=self.cloud_overrun_ms,
         )

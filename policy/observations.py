@@ -81,6 +81,11 @@ class Observations:
     radio_idle_s: float | None = None
     """Seconds since the radio last carried this agent's data (None: never): whether a cloud
     call now pays a promotion and a whole tail, or only extends the tail it is in."""
+    cloud_overrun_ms: float = 0.0
+    """How far recent CLOUD decisions ran past their predicted time to the last token (an
+    EWMA over finished requests, a request on time or early counting 0; see
+    ``AgentKnowledge.request_settled``): a link whose calls stall now and then shows it here
+    before its loss rate does."""
 
     def __post_init__(self) -> None:
         # A bad observation is a bug in the caller (probes or simulator), hence ValueError.
@@ -98,6 +103,10 @@ class Observations:
             raise ValueError(f"observations: loss_rate must be in [0, 1], got {self.loss_rate}")
         if not 0.0 <= self.cpu_load <= 1.0:
             raise ValueError(f"observations: cpu_load must be in [0, 1], got {self.cpu_load}")
+        if not (self.cloud_overrun_ms >= 0 and math.isfinite(self.cloud_overrun_ms)):
+            raise ValueError(
+                f"observations: cloud_overrun_ms must be finite and >= 0, got {self.cloud_overrun_ms}"
+            )
         if self.cloud_batch < 1:
             raise ValueError(f"observations: cloud_batch must be >= 1, got {self.cloud_batch}")
         if self.network_type not in RADIOS:

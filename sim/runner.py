@@ -48,6 +48,7 @@ from tandem.policy.knowledge import (
     ProbeSent,
     RadioUsed,
     RequestDone,
+    RequestSettled,
 )
 from tandem.sim.device import Device
 from tandem.sim.handoff import play_handoff
@@ -397,6 +398,7 @@ def simulate(
                 start_s, end_s, up, down = call
                 senses.later(RadioUsed(end_s, start_s, up, down))
             senses.later(RequestDone(finish, req.lang, req.src_len, req.steps))
+            senses.later(RequestSettled.of(finish, t_e, decision))
 
     return RunResult(
         trace=trace.name,

@@ -1,15 +1,18 @@
 """One learning rule: the agent and the simulator learn exactly what AgentKnowledge learns.
 
-Property: any sequence of events (probes, late/failed/completed calls, finished requests, the
-radio's use by a call)
+Property: any sequence of events (probes, late/failed/completed calls, finished requests, how
+long a decided route took to the last token, the radio's use by a call)
 gives bit-identical observations whether it is fed to ``AgentKnowledge`` directly, through
 the simulator's event queue (events queued in any order, delivered as the decisions' time
 passes them), or through the edge agent's own entry points (``probe_sent``, ``call_late``,
 ``call_done``, ... at its clock, from the messages it really receives; ``radio_used`` from the
-``RadioUse`` its cloud client reports when a call ends).
+``RadioUse`` its cloud client reports when a call ends; ``request_settled`` from the decision
+and the instant it was taken).
 """
 
 from __future__ import annotations
+
+import math
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,7 +21,7 @@ from tandem.edge.cloud_client import CloudOutcome, RadioUse
 from tandem.edge.race import SentCall
 from tandem.emulate.processes import free_port
 from tandem.errors import CloudDeadline, CloudUnavailable, StreamBroken
-from tandem.policy import PolicyConfig
+from tandem.policy import Decision, PolicyConfig, Route
 from tandem.policy.knowledge import (
     AgentKnowledge,
     CallDone,
@@ -28,6 +31,7 @@ from tandem.policy.knowledge import (
     ProbeSent,
     RadioUsed,
     RequestDone,
+    RequestSettled,
 )
 from tandem.sim.senses import Senses
 from tandem.v1 import decoder_pb2
@@ -38,7 +42,7 @@ TOKEN_BYTES = PolicyConfig().token_bytes  # the agent's default policy's, as it 
 
 @st.composite
 def event_at(draw, t: float):
-    kinds = ["sent", "result", "late", "failed", "done", "request", "radio"]
+    kinds = ["sent", "result", "late", "failed", "done", "request", "radio", "settled"]
     kind = draw(st.sampled_from(kinds))
     if kind == "sent":
         return ProbeSent(t)
@@ -53,6 +57,13 @@ def event_at(draw, t: float):
         tokens = draw(st.integers(0, 80))
         return RadioUsed(t, t - draw(st.floats(0.0, 3.0)), draw(st.integers(100, 10**6)),
                          tokens * TOKEN_BYTES), tokens  # fmt: skip
+    if kind == "settled":  # a request decided a while ago has its last token now
+        route = draw(st.sampled_from(list(Route)))
+        predicted = draw(st.floats(1.0, 3000.0) | st.just(math.inf))
+        decision = Decision(route, "cloud_faster", local_ms=predicted, cloud_ms=predicted,
+                            handoff_ms=predicted)  # fmt: skip
+        event = RequestSettled.of(t, t - draw(st.floats(0.0, 5.0)), decision)
+        return event, decision
     if kind == "request":
         return RequestDone(t, draw(st.sampled_from(LANGS)), draw(st.integers(1, 60)),
                            draw(st.integers(1, 120)))  # fmt: skip
@@ -122,6 +133,8 @@ def _agent_feeds(agent, event, extra) -> None:
             agent.call_done(SentCall(None, "r", 0.0, nbytes), CloudOutcome([], final, ttft_s, 1))
         case RadioUsed(t_s, start_s, up_bytes):
             agent.radio_used(RadioUse(t_s - start_s, up_bytes, extra))
+        case RequestSettled(_, decided_s):
+            assert agent.request_settled("outcome", extra, decided_s) == "outcome"
         case RequestDone(_, lang, src_len, steps):
             eos = steps % 2 == 0
             ids = [7] * (steps - 1 if eos else steps)
@@ -159,5 +172,7 @@ def test_agent_simulator_and_knowledge_learn_alike(agent_factory):
             assert agent.observations(src_len, lang or None, False, encode_ms) == expected
         assert agent.knowledge.net == direct.net == sim.knowledge.net
         assert agent.knowledge.radio == direct.radio == sim.knowledge.radio
+        assert agent.knowledge.cloud_overrun_ms == direct.cloud_overrun_ms
+        assert direct.cloud_overrun_ms == sim.knowledge.cloud_overrun_ms
 
     check()

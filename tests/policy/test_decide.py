@@ -88,6 +88,27 @@ def test_a_latency_hedge_never_waits_longer_than_the_cloud_would_save(device, cl
         assert d.hedge_deadline_ms == costs.hedge_deadline_ms
 
 
+def test_a_cloud_that_has_been_running_late_shortens_the_latency_hedge(device, cloud):
+    """A saving no larger than what CLOUD requests recently ran past their predictions is no
+    saving to count on: the hedge shrinks by the overrun, down to starting both at once."""
+    cfg = PolicyConfig()
+    o = obs(predicted_tokens=120.0)
+    d = decide(o, device, cloud, cfg)
+    assert d.route is Route.CLOUD and d.hedge_deadline_ms > 0
+    saving = d.local_ms - d.cloud_ms
+    costs = predict_costs(o, device, cloud, cfg)
+    for overrun in (0.25 * saving, 0.75 * saving, 2 * saving):
+        late = decide(dataclasses.replace(o, cloud_overrun_ms=overrun), device, cloud, cfg)
+        assert late.route is Route.CLOUD  # the route is priced as before; only the hedge moves
+        expected = min(costs.hedge_deadline_ms, max(0.0, saving - overrun))
+        assert late.hedge_deadline_ms == pytest.approx(expected)
+    assert late.hedge_deadline_ms == 0.0
+    energy = PolicyConfig(objective="min_energy")  # a race costs joules: the usual hedge
+    late = decide(dataclasses.replace(o, cloud_overrun_ms=2 * saving), device, cloud, energy)
+    if late.route is Route.CLOUD:
+        assert late.hedge_deadline_ms == predict_costs(o, device, cloud, energy).hedge_deadline_ms
+
+
 def test_cost_model_keeps_short_outputs_local(device, cloud):
     d = decide(obs(predicted_tokens=4.0, predicted_tokens_sd=0.5), device, cloud, PolicyConfig())
     assert d.route is Route.LOCAL and d.reason == "local_faster"
@@ -261,6 +282,19 @@ def test_min_energy_takes_the_cheapest_route_within_the_latency_budget(device, c
         min(c.local_ms, c.cloud_ms)
     )
     assert fastest <= min(c.local_ms, c.cloud_ms)
+
+
+def test_min_energy_prices_uploads_at_the_typical_uplink(device, cloud):
+    """A mean budget is about mean times: min_energy prices uploads at the typical uplink, where
+    a single latency decision keeps the pessimistic one."""
+    o = obs(predicted_tokens=60.0, uplink_bps=2e6, uplink_low_bps=0.5e6)
+    typical = dataclasses.replace(o, uplink_low_bps=o.uplink_bps)
+    energy = PolicyConfig(objective="min_energy")
+    d = decide(o, device, cloud, energy)
+    assert d.cloud_ms == predict_costs(typical, device, cloud, energy).cloud_ms
+    assert d.cloud_ms < predict_costs(o, device, cloud, energy).cloud_ms
+    latency = decide(o, device, cloud, PolicyConfig())
+    assert latency.cloud_ms == predict_costs(o, device, cloud, PolicyConfig()).cloud_ms
 
 
 def test_weighted_objective_trades_latency_for_energy_and_bytes(device, cloud):

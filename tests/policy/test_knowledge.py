@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tandem.policy import PolicyConfig, decide
+from tandem.policy import Decision, PolicyConfig, Route, decide
 from tandem.policy.knowledge import (
     AgentKnowledge,
     CallDone,
@@ -15,6 +15,7 @@ from tandem.policy.knowledge import (
     ProbeResult,
     ProbeSent,
     RequestDone,
+    RequestSettled,
 )
 
 
@@ -78,6 +79,30 @@ def test_finished_requests_teach_the_length_model(knowledge):
     assert before != pytest.approx(40, abs=2)
 
 
+def test_cloud_requests_that_run_past_their_prediction_raise_the_overrun(device):
+    """Each settled CLOUD request moves the overrun by ``overrun_alpha`` towards how far it ran
+    past its prediction; on time or early counts 0, and other routes teach nothing."""
+    knowledge = AgentKnowledge(PolicyConfig(overrun_alpha=0.5), device)
+    knowledge.request_settled(2.0, 1.0, Route.CLOUD, 600.0)  # 1000 ms against 600: 400 over
+    assert knowledge.cloud_overrun_ms == pytest.approx(200.0)
+    knowledge.request_settled(3.5, 3.0, Route.LOCAL, 100.0)  # a local run: no news
+    knowledge.request_settled(4.5, 4.0, Route.HANDOFF, 100.0)
+    knowledge.request_settled(5.5, 5.0, Route.CLOUD, math.inf)  # an impossible route
+    assert knowledge.cloud_overrun_ms == pytest.approx(200.0)
+    knowledge.request_settled(6.3, 6.0, Route.CLOUD, 400.0)  # early: counts as on time
+    assert knowledge.cloud_overrun_ms == pytest.approx(100.0)
+    assert knowledge.observations(7.0, 8, "de", 1.0).cloud_overrun_ms == pytest.approx(100.0)
+
+
+def test_a_settled_request_is_priced_by_the_route_it_was_decided_for():
+    cloud = Decision(Route.CLOUD, "cloud_faster", local_ms=300.0, cloud_ms=200.0)
+    assert RequestSettled.of(2.0, 1.0, cloud) == RequestSettled(2.0, 1.0, Route.CLOUD, 200.0)
+    local = Decision(Route.LOCAL, "offline", local_ms=300.0, cloud_ms=math.inf)
+    assert RequestSettled.of(2.0, 1.0, local).predicted_ms == 300.0
+    race = Decision(Route.HANDOFF, "handoff_faster", 300.0, 200.0, handoff_ms=150.0)
+    assert RequestSettled.of(2.0, 1.0, race).predicted_ms == 150.0
+
+
 def test_observations_read_the_caller_state(knowledge, device):
     obs = knowledge.observations(
         0.0,
@@ -118,6 +143,7 @@ def test_apply_is_the_method_of_each_event(device):
         CallFailed(2.5),
         CallDone(3.0, 5000, 200.0, None, 4.0, 1.0),
         RequestDone(3.1, "de", 8, 20),
+        RequestSettled(3.2, 2.5, Route.CLOUD, 300.0),
         ProbeSent(4.0),
         ProbeResult(5.0, None),
     ]
@@ -130,9 +156,11 @@ def test_apply_is_the_method_of_each_event(device):
     called.call_failed(2.5)
     called.call_done(3.0, 5000, 200.0, None, 4.0, 1.0)
     called.request_done(3.1, "de", 8, 20)
+    called.request_settled(3.2, 2.5, Route.CLOUD, 300.0)
     called.probe_sent(4.0)
     called.probe_result(5.0, None)
     assert held.net == called.net and held.lengths == called.lengths
+    assert held.cloud_overrun_ms == called.cloud_overrun_ms > 0
     assert held.observations(5.0, 8, "de", 1.0) == called.observations(5.0, 8, "de", 1.0)
     with pytest.raises(TypeError, match="not a knowledge event"):
         held.apply(("probe", 1.0))

@@ -283,6 +283,7 @@ def decide(
             handoff=policy == "handoff",
             credit_ms=credit,
             overrun_ms=obs.cloud_overrun_ms,
+            saving_j_per_ms=RADIOS[obs.network_type].cycle_j / cfg.credit_ms_per_radio_cycle,
         )
 
     # cost_model, latency objective
@@ -320,6 +321,7 @@ def _choose(
     handoff: bool,
     credit_ms: float = 0.0,
     overrun_ms: float = 0.0,
+    saving_j_per_ms: float = 0.0,
 ) -> Decision:
     """The priced choice among LOCAL, CLOUD and (``handoff``) HANDOFF under ``cfg.objective``.
 
@@ -361,7 +363,7 @@ def _choose(
                 extra_ms = o[1] - strict[1]
                 if not (budget < o[1] <= budget + credit_ms and o[2] < best[2]):
                     continue
-                if strict[2] - o[2] >= cfg.min_saving_j_per_ms * extra_ms:
+                if strict[2] - o[2] >= saving_j_per_ms * extra_ms:
                     best = o
         reason = "least_energy"
         if mean:

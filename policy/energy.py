@@ -80,6 +80,12 @@ class RadioModel:
                 break
         return energy
 
+    @property
+    def cycle_j(self) -> float:
+        """What a transfer to an idle radio pays besides its own bytes: the promotion and the
+        whole tail — the stake of keeping the radio idle (``min_energy``'s credit rate)."""
+        return self.promotion_j + self.tail_j()
+
     def active_j(self, duration_s: float, up_bytes: float, down_bytes: float) -> float:
         """Active energy of a transfer: base power over its duration plus per-Mbit energy."""
         return (

@@ -341,3 +341,26 @@ def test_min_energy_with_a_mean_budget_spends_credit_saved_by_earlier_requests(d
     state = PolicyState(latency_credit_ms=1e6)
     routes.add(decide(long_output, device, cloud, cfg, state).route)
     assert routes == {Route.LOCAL}  # with credit to spend, the cheaper route wins
+
+
+def test_min_energy_spends_credit_at_a_rate_that_follows_the_radio(device, cloud):
+    """A route that needs credit must save a radio cycle's energy per
+    ``credit_ms_per_radio_cycle`` ms it adds: with the same credit and the same saving, a rate
+    that demands more joules per ms than the saving offers keeps the faster route."""
+    from tandem.errors import ConfigError
+    from tandem.policy.energy import RADIOS
+
+    assert RADIOS["lte"].cycle_j == pytest.approx(
+        RADIOS["lte"].promotion_j + RADIOS["lte"].tail_j()
+    )
+    assert RADIOS["3g"].cycle_j < RADIOS["lte"].cycle_j
+    idle = obs(predicted_tokens=40.0, radio_idle_s=None)
+    rich = PolicyState(latency_credit_ms=1e6)
+    generous = PolicyConfig(objective="min_energy", credit_ms_per_radio_cycle=1e9)
+    stingy = dataclasses.replace(generous, credit_ms_per_radio_cycle=1e-6)
+    spent = decide(idle, device, cloud, generous, rich)
+    kept = decide(idle, device, cloud, stingy, rich)
+    assert spent.route is Route.LOCAL  # credit buys the idle radio's whole cycle
+    assert kept.route is Route.CLOUD  # no saving is worth that much: the budget alone rules
+    with pytest.raises(ConfigError, match="credit_ms_per_radio_cycle"):
+        PolicyConfig(credit_ms_per_radio_cycle=0)

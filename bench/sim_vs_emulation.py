@@ -111,6 +111,35 @@ def measure_profile(out: Path, quick: bool, threads: int) -> Path:
     return out
 
 
+def constant_trace(mbps: float, name: str):
+    """A trace at one rate throughout: the calibrations' links."""
+    from tandem.sim.trace import parse_trace
+
+    return parse_trace(f"t_s,bandwidth_mbps\n0,{mbps:g}\n1,{mbps:g}\n", name, 1.0)
+
+
+def paired_run(
+    trace, policy: str, device_path: Path, cloud_path: Path, mode: str, scenario, draws,
+    inputs, workdir: Path, seed: int,
+):  # fmt: skip
+    """The simulator and the real daemons on the same trace, policy and draws, with the given
+    profiles: (sim, emu) results, as the calibrations compare them."""
+    from tandem.emulate.processes import CLOUD_NICENESS
+    from tandem.emulate.runner import run_emulation
+    from tandem.policy import PolicyConfig
+    from tandem.sim.profiles import load_profile
+    from tandem.sim.runner import simulate
+
+    cfg = PolicyConfig()
+    device, cloud = load_profile(device_path), load_profile(cloud_path)
+    sim = simulate(trace, policy, draws, scenario, device, cloud, cfg)
+    emu, _ = run_emulation(
+        trace, policy, draws, inputs, scenario, cfg, device_path, cloud_path, mode,
+        seed=seed, workdir=workdir, cloud_niceness=CLOUD_NICENESS,
+    )  # fmt: skip
+    return sim, emu
+
+
 def calibrate_overheads(
     device_path: Path, cloud_path: Path, mode: str, scenario, draws, inputs, workdir: Path,
     seed: int,
@@ -123,26 +152,17 @@ def calibrate_overheads(
     different sample would add its own sampling noise to every comparison. The scenario is
     the measured runs' own, on that ideal link.
     """
-    from tandem.emulate.processes import CLOUD_NICENESS
-    from tandem.emulate.runner import run_emulation
-    from tandem.policy import PolicyConfig
     from tandem.sim.link import LinkConfig
-    from tandem.sim.profiles import load_profile
-    from tandem.sim.runner import simulate
-    from tandem.sim.trace import parse_trace
 
-    ideal = parse_trace("t_s,bandwidth_mbps\n0,10000\n1,10000\n", "ideal", 1.0)
+    ideal = constant_trace(10000, "ideal")
     scenario = dataclasses.replace(
         scenario, link=LinkConfig(base_rtt_ms=0.0, rtt_jitter=0.0, loss_rate=0.0)
     )
-    cfg = PolicyConfig()
-    device, cloud = load_profile(device_path), load_profile(cloud_path)
     gaps = {}
     for policy in ("always_local", "always_cloud"):
-        sim = simulate(ideal, policy, draws, scenario, device, cloud, cfg)
-        emu, _ = run_emulation(
-            ideal, policy, draws, inputs, scenario, cfg, device_path, cloud_path, mode,
-            seed=seed, workdir=workdir / policy, cloud_niceness=CLOUD_NICENESS,
+        sim, emu = paired_run(
+            ideal, policy, device_path, cloud_path, mode, scenario, draws, inputs,
+            workdir / policy, seed,
         )  # fmt: skip
         # The typical per-request gap, not the gap of the means: a fixed cost is the same on
         # every request, and one request the machine happened to preempt (a 25-request mean
@@ -173,21 +193,10 @@ def calibrate_race(
     the profiles already carrying the fixed per-request costs, so the typical gap left is what
     the race's upload, threads and stream checks cost the local run. Requests both sides raced
     count; the median, as for the fixed costs."""
-    from tandem.emulate.processes import CLOUD_NICENESS
-    from tandem.emulate.runner import run_emulation
-    from tandem.policy import PolicyConfig
-    from tandem.sim.profiles import load_profile
-    from tandem.sim.runner import simulate
-    from tandem.sim.trace import parse_trace
-
-    rate = f"{RACE_LINK_MBPS:g}"
-    slow = parse_trace(f"t_s,bandwidth_mbps\n0,{rate}\n1,{rate}\n", "slow-constant", 1.0)
-    cfg = PolicyConfig()
-    device, cloud = load_profile(device_path), load_profile(cloud_path)
-    sim = simulate(slow, "handoff", draws, scenario, device, cloud, cfg)
-    emu, _ = run_emulation(
-        slow, "handoff", draws, inputs, scenario, cfg, device_path, cloud_path, mode,
-        seed=seed, workdir=workdir / "race", cloud_niceness=CLOUD_NICENESS,
+    slow = constant_trace(RACE_LINK_MBPS, "slow-constant")
+    sim, emu = paired_run(
+        slow, "handoff", device_path, cloud_path, mode, scenario, draws, inputs,
+        workdir / "race", seed,
     )  # fmt: skip
     raced = [
         i
@@ -197,7 +206,7 @@ def calibrate_race(
     gaps = emu.latency_ms[raced] - sim.latency_ms[raced]
     race_ms = max(0.0, float(np.nanmedian(gaps))) if raced else 0.0
     print(
-        f"calibration handoff on {rate} Mbit/s: {len(raced)} requests raced and won locally, "
+        f"calibration handoff on {RACE_LINK_MBPS:g} Mbit/s: {len(raced)} requests raced and won locally, "
         f"emulator {np.nanmean(emu.latency_ms):.1f} ms, simulator (no race cost) "
         f"{sim.latency_ms.mean():.1f} ms",
         flush=True,

@@ -102,16 +102,10 @@ class Profile:
     def __post_init__(self) -> None:
         if self.hidden_size <= 0:
             raise ConfigError(f"profile: model.hidden_size must be > 0, got {self.hidden_size}")
-        if not (self.request_overhead_ms >= 0 and math.isfinite(self.request_overhead_ms)):
-            raise ConfigError(
-                f"profile: request_overhead_ms must be a finite number >= 0, "
-                f"got {self.request_overhead_ms}"
-            )
-        if not (self.race_overhead_ms >= 0 and math.isfinite(self.race_overhead_ms)):
-            raise ConfigError(
-                f"profile: race_overhead_ms must be a finite number >= 0, "
-                f"got {self.race_overhead_ms}"
-            )
+        for name in ("request_overhead_ms", "race_overhead_ms"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"profile: {name} must be a finite number >= 0, got {value}")
         if not (self.power_w >= 0 and math.isfinite(self.power_w)):
             raise ConfigError(f"profile: power_w must be a finite number >= 0, got {self.power_w}")
         if not self.encoder_points:

@@ -63,10 +63,24 @@ class SchedulerConfig:
     end of a stream are never held. Why: each message costs the replica (and the client)
     Python and HTTP/2 work per stream per step, which with a full batch outweighs the batched
     step itself; 0 sends every step's tokens at once."""
+    stream_cpu_share: float = 0.02
+    """Share of one core a model's streams together may spend on token messages between
+    their first and their last: with many streams the hold grows past
+    ``stream_interval_ms`` (see ``tandem.cloud.pacing``); 0 keeps it at
+    ``stream_interval_ms``."""
+    stream_interval_max_ms: int = 200
+    """Longest hold between two token messages however busy the replica is; well below the
+    edge agent's ``handoff_stall_s`` (0.5 s), which takes a silent stream as stalled."""
 
     def __post_init__(self) -> None:
         bound(self, "max_batch", "max_queue", "retry_after_ms", ge=1)
-        bound(self, "stream_interval_ms", ge=0)
+        bound(self, "stream_interval_ms", "stream_interval_max_ms", ge=0)
+        bound(self, "stream_cpu_share", ge=0, le=1)
+        require(
+            self.stream_interval_max_ms >= self.stream_interval_ms,
+            f"stream_interval_max_ms ({self.stream_interval_max_ms}) must be at least "
+            f"stream_interval_ms ({self.stream_interval_ms})",
+        )
 
 
 @dataclass(frozen=True)

@@ -36,37 +36,21 @@ class ModelFailure(Exception):
     bundle, never the client's fault (INTERNAL). Not a ``TandemError`` on purpose."""
 
 
-class StreamEvents(queue.SimpleQueue):
-    """A stream's queue of events, which also says when its end is in it (``ended``).
-
-    Why: a handler holding a token message for ``stream_interval_ms`` only needs waking when
-    the hold is over or the stream ends, not at every token. Waiting on the queue itself
-    woke each handler thread once per step (16 streams: 16 wake-ups and GIL hand-offs per
-    batched step, on the cores the step runs on); waiting on ``ended`` wakes it once.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ended = threading.Event()
-        """Set once a final update, a failure or the cancellation marker (None) is queued."""
-
-    def put(self, item: Update | ModelFailure | None, block: bool = True, timeout=None) -> None:
-        super().put(item)
-        if not isinstance(item, Update) or item.finish is not None:
-            self.ended.set()
-
-
 class Stream:
     """One request's side of the engine: updates arrive on ``events`` in order.
 
     Items are ``Update`` (the last one has ``finish`` set), a ``ModelFailure``, or None when
-    the engine forgot the stream (it was cancelled).
+    the engine forgot the stream (it was cancelled). After the first update, the next comes
+    only once the handler asks for it (``Engine.release``) or the stream ends, so a handler
+    blocked on ``events`` wakes once per message it sends.
     """
 
-    def __init__(self, key: int, request_id: str) -> None:
+    def __init__(self, key: int, request_id: str, seq: Sequence | None = None) -> None:
         self.key = key
         self.request_id = request_id
-        self.events = StreamEvents()
+        self.events: queue.SimpleQueue[Update | ModelFailure | None] = queue.SimpleQueue()
+        self.seq = seq
+        """The scheduler's record of this request (None: answered without the model)."""
 
 
 class Engine:
@@ -108,8 +92,9 @@ class Engine:
 
     def submit(self, job: Job, arrived_s: float, deadline_s: float) -> Stream:
         """Queue ``job``; raises ``Overloaded`` when the queue is full or the engine drains."""
-        stream = Stream(next(self._keys), job.request_id)
+        key = next(self._keys)
         if job.complete:
+            stream = Stream(key, job.request_id)
             # The prefix already fills max_new_tokens: answer without touching the model.
             now = self._clock()
             stream.events.put(
@@ -123,13 +108,25 @@ class Engine:
                 )
             )
             return stream
-        seq = Sequence(stream.key, job, arrived_s, deadline_s, submitted_s=self._clock())
+        seq = Sequence(key, job, arrived_s, deadline_s, submitted_s=self._clock())
+        stream = Stream(key, job.request_id, seq)
         with self._lock:
             self._scheduler.submit(seq)
             self._streams[stream.key] = stream
             self._queued_gauge.set(self._scheduler.queued_count)
             self._wake.notify()
         return stream
+
+    def release(self, stream: Stream, after_s: float) -> None:
+        """The handler sent what it was handed: hand it the tokens decoded from ``after_s``
+        seconds on (the hold between two messages), at the first step after that.
+
+        No lock: one float stored, which the engine thread reads once per iteration; the
+        engine only overwrites it when it hands tokens over, and the handler only calls this
+        after receiving them, so neither write is ever lost.
+        """
+        if stream.seq is not None:
+            stream.seq.release_s = self._clock() + after_s
 
     def cancel(self, stream: Stream) -> None:
         """The client is gone; its sequence leaves the batch before the next step."""
@@ -152,6 +149,11 @@ class Engine:
             self._wake.notify()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+
+    @property
+    def active(self) -> int:
+        """Sequences in the batch now; read without the lock (a length, for pacing)."""
+        return self._scheduler.active_count
 
     @property
     def load(self) -> tuple[int, int]:
@@ -235,12 +237,8 @@ class Engine:
         with self._lock:
             updates = self._scheduler.record(results, done)
             reasons = dict(failed)
-            for seq in self._scheduler.fail(reasons):
-                self._metrics.model_errors.labels(self.name).inc()
-                stream = self._streams.pop(seq.key, None)
-                if stream is not None:
-                    stream.events.put(ModelFailure(reasons[seq.key]))
             self._deliver(updates)
+            self._fail(self._scheduler.fail(reasons), reasons)
         emit_ns = time.perf_counter_ns() - emit_ns + plan_ns
         # Observed outside the lock: handlers submitting never wait on the timers.
         if plan.admit or plan.remove:
@@ -261,11 +259,20 @@ class Engine:
         self._active_gauge.set(self._scheduler.active_count)
         self._queued_gauge.set(self._scheduler.queued_count)
 
+    def _fail(self, sequences: list[Sequence], reasons: dict[int, str] | str) -> None:
+        """Tell the streams of ``sequences`` their model call raised (lock held); tokens
+        decoded before go first, so the client can resume from them."""
+        for seq in sequences:
+            self._metrics.model_errors.labels(self.name).inc()
+            stream = self._streams.pop(seq.key, None)
+            if stream is None:
+                continue
+            if seq.held:
+                stream.events.put(self._scheduler.hand_over(seq))
+            reason = reasons if isinstance(reasons, str) else reasons[seq.key]
+            stream.events.put(ModelFailure(reason))
+
     def _fail_all(self, reason: str) -> None:
         with self._lock:
-            for seq in self._scheduler.fail(self._scheduler.active_keys):
-                self._metrics.model_errors.labels(self.name).inc()
-                stream = self._streams.pop(seq.key, None)
-                if stream is not None:
-                    stream.events.put(ModelFailure(reason))
+            self._fail(self._scheduler.fail(self._scheduler.active_keys), reason)
         self._batch = self.model.new_batch()

@@ -4,8 +4,12 @@ Pure bookkeeping, as in vLLM's ``schedule()``: it never runs the model, reads a 
 touches a socket. ``plan(now_s, step_s)`` says which sequences leave the ``DecodeBatch``
 (client gone, deadline too close, shutting down) and which queued ones join it before the next
 batched step; ``record(results, now_s)`` turns the step's ``StepResult``s into per-request
-``Update``s — exactly one per request and step, so every token is streamed as soon as it
-exists. ``tandem.cloud.engine`` runs the plans against the model in its own thread.
+``Update``s. A request's tokens are handed over at once the first time, then only once its
+handler asks for more (``release_s``, set after each message it sends: the hold between two
+token messages), and always with the end; in between they wait on the sequence. So the
+handler thread is woken once per message it sends, not once per step, and the engine makes
+no per-step object for a request that is not due. ``tandem.cloud.engine`` runs the plans
+against the model in its own thread.
 
 Token positions follow decoder.proto: ``start`` counts the whole generated sequence, prefix
 included; EOS ends a sequence but is never part of ``tokens``.
@@ -16,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tandem.cloud.validation import Job
 from tandem.errors import Overloaded
@@ -28,6 +32,8 @@ FINISH_DEADLINE = "deadline"
 """The caller's deadline leaves no time for another step; tokens so far are final."""
 FINISH_CANCELLED = "cancelled"
 """The replica stopped the sequence on its own (shutdown); tokens so far are final."""
+RELEASE_NEVER = float("inf")
+"""``Sequence.release_s`` while its handler is still sending the tokens it was handed."""
 
 
 @dataclass(eq=False)
@@ -47,8 +53,14 @@ class Sequence:
     """When it joined the batch (its first decoding step)."""
     last_token_s: float | None = None
     next_index: int = 0
-    """Position of the next token to stream (the client has everything before it)."""
-    lead_sent: bool = False
+    """Position of the next token to hand over (its handler has everything before it)."""
+    held: list[int] = field(default_factory=list)
+    """Tokens decoded (or led, from the job) and not handed over yet."""
+    release_s: float = 0.0
+    """When the held tokens may be handed over (0: at once, the first tokens); set to
+    ``RELEASE_NEVER`` at each hand-over until the handler has sent them and asks again."""
+    finish: str | None = None
+    """Set by ``record`` when the sequence's last token came."""
     gone: bool = False
     """The client went away (cancelled, connection lost): leave without an update."""
 
@@ -144,6 +156,7 @@ class Scheduler:
                 retry_after_s=self.retry_after_s,
             )
         seq.next_index = seq.job.start
+        seq.held = list(seq.job.lead)
         self._queue.append(seq)
 
     def cancel(self, key: int) -> None:
@@ -199,7 +212,7 @@ class Scheduler:
             remove.append(key)
             del self._active[key]
             if reason is not None:
-                updates.append(self._final(seq, self._lead(seq), reason, now_s))
+                updates.append(self._final(seq, reason, now_s))
         for seq in list(self._queue):
             if draining:
                 reason = FINISH_CANCELLED
@@ -208,7 +221,7 @@ class Scheduler:
             else:
                 continue
             self._queue.remove(seq)
-            updates.append(self._final(seq, self._lead(seq), reason, now_s))
+            updates.append(self._final(seq, reason, now_s))
         admit: list[Sequence] = []
         while self._queue and len(self._active) < self.max_batch:
             seq = self._queue.popleft()
@@ -218,33 +231,41 @@ class Scheduler:
         return Plan(tuple(remove), tuple(admit), tuple(updates))
 
     def record(self, results: Iterable[StepResult], now_s: float) -> list[Update]:
-        """One update per sequence that produced tokens in this iteration."""
-        produced: dict[int, list[StepResult]] = {}
+        """Take one iteration's results; the updates due: every sequence that ended, and
+        those whose handler asked for tokens by ``now_s`` (``release_s``). The rest keep
+        their new tokens held."""
+        touched: dict[int, Sequence] = {}
+        active = self._active
         for result in results:
-            produced.setdefault(result.key, []).append(result)
-        updates = []
-        for key, items in produced.items():
-            seq = self._active.get(key)
-            if seq is None:
+            seq = active.get(result.key)
+            if seq is None or seq.finish is not None:
                 continue  # left during this iteration (cannot happen with one engine thread)
+            touched[result.key] = seq
+            if result.finish == FINISH_EOS:
+                seq.finish = FINISH_EOS  # EOS ends the sequence and is never streamed
+                continue
+            seq.held.append(result.token)
+            if result.finish == FINISH_LENGTH:
+                seq.finish = FINISH_LENGTH
+        updates = []
+        for key, seq in touched.items():
             seq.last_token_s = now_s
-            tokens = list(self._lead(seq))
-            finish = None
-            for result in items:
-                if result.finish == FINISH_EOS:
-                    finish = FINISH_EOS  # EOS ends the sequence and is never streamed
-                    break
-                tokens.append(result.token)
-                if result.finish == FINISH_LENGTH:
-                    finish = FINISH_LENGTH
-                    break
-            if finish is not None:
-                del self._active[key]
-                updates.append(self._final(seq, tuple(tokens), finish, now_s))
-            else:
-                updates.append(Update(key, seq.next_index, tuple(tokens)))
-                seq.next_index += len(tokens)
+            if seq.finish is not None:
+                del active[key]
+                updates.append(self._final(seq, seq.finish, now_s))
+            elif now_s >= seq.release_s and seq.held:
+                updates.append(self.hand_over(seq))
         return updates
+
+    def hand_over(self, seq: Sequence) -> Update:
+        """The held tokens of a running sequence as one update; holds the next ones until
+        its handler asks again (``release_s``)."""
+        tokens = tuple(seq.held)
+        seq.held = []
+        seq.release_s = RELEASE_NEVER
+        update = Update(seq.key, seq.next_index, tokens)
+        seq.next_index += len(tokens)
+        return update
 
     def fail(self, keys: Iterable[int]) -> list[Sequence]:
         """Drop sequences whose model call raised; the caller reports the error to each."""
@@ -261,13 +282,10 @@ class Scheduler:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _lead(self, seq: Sequence) -> tuple[int, ...]:
-        if seq.lead_sent:
-            return ()
-        seq.lead_sent = True
-        return seq.job.lead
-
-    def _final(self, seq: Sequence, tokens: tuple[int, ...], finish: str, now_s: float) -> Update:
+    def _final(self, seq: Sequence, finish: str, now_s: float) -> Update:
+        """The last update of ``seq``: its held tokens, and how it ended."""
+        tokens = tuple(seq.held)
+        seq.held = []
         start = seq.next_index
         seq.next_index += len(tokens)
         started = seq.started_s if seq.started_s is not None else now_s

@@ -29,6 +29,7 @@ from tandem.cloud.config import Address, CloudConfig
 from tandem.cloud.engine import Engine
 from tandem.cloud.limits import ClientLimiter
 from tandem.cloud.metrics import Metrics, MetricsEndpoint
+from tandem.cloud.pacing import Pacing
 from tandem.cloud.scheduler import Scheduler
 from tandem.cloud.servicer import DecoderServicer
 from tandem.cloud.validation import ServedModel
@@ -244,7 +245,14 @@ def create_server(
         metrics,
         replica_id,
         config.limits.default_deadline_s,
-        stream_interval_s=config.scheduler.stream_interval_ms / 1000.0,
+        pacing={
+            fp: Pacing(
+                sched.stream_interval_ms / 1000.0,
+                sched.stream_interval_max_ms / 1000.0,
+                sched.stream_cpu_share,
+            )
+            for fp in engines
+        },
         handoff_prefix_timeout_s=config.limits.handoff_prefix_timeout_s,
     )
     health_servicer = health.HealthServicer(

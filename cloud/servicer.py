@@ -28,6 +28,7 @@ from tandem.cloud.auth import Authenticator, Principal, tls_identity
 from tandem.cloud.engine import Engine, ModelFailure, Stream
 from tandem.cloud.limits import ClientLimiter
 from tandem.cloud.metrics import Metrics
+from tandem.cloud.pacing import Pacing
 from tandem.cloud.scheduler import Update
 from tandem.cloud.validation import (
     ACCEPTED_CODECS,
@@ -84,7 +85,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         replica_id: str,
         default_deadline_s: float,
         clock: Callable[[], float] = time.monotonic,
-        stream_interval_s: float = 0.0,
+        pacing: Mapping[str, Pacing] | None = None,
         handoff_prefix_timeout_s: float = 2.0,
     ) -> None:
         self._engines = dict(engines)
@@ -95,7 +96,8 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         self._replica_id = replica_id
         self._default_deadline_s = default_deadline_s
         self._clock = clock
-        self._stream_interval_s = stream_interval_s
+        self._pacing = {fp: pacing.get(fp) if pacing else None for fp in self._engines}
+        """Per model fingerprint; None sends every step's tokens at once."""
         self._stage_timers: dict[str, dict] = {}
         self._handoff_prefix_timeout_s = handoff_prefix_timeout_s
         self._watchdog: Watchdog | None = None  # started by the first Handoff
@@ -317,17 +319,11 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         ``send`` (the stage histogram) times each ``yield``: gRPC serializes and writes the
         message before it asks for the next one."""
         carry: _Event = None
-        last_sent: float | None = None  # when this stream's last token message went out
+        pacing = self._pacing[served.fingerprint]
         while True:
             if carry is not None:
                 item, carry = carry, None
             else:
-                if last_sent is not None and self._stream_interval_s > 0:
-                    # Nothing goes out before the hold ends unless the stream ends: sleep
-                    # through the tokens that arrive meanwhile (see StreamEvents).
-                    wait = last_sent + self._stream_interval_s - self._clock()
-                    if wait > 0:
-                        stream.events.ended.wait(wait)
                 try:
                     item = stream.events.get(timeout=_POLL_S)
                 except queue.Empty:
@@ -335,10 +331,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
                         engine.cancel(stream)
                         return
                     continue
-            hold_until = None
-            if last_sent is not None and self._stream_interval_s > 0:
-                hold_until = last_sent + self._stream_interval_s
-            item, carry = _coalesce(item, stream, hold_until, self._clock)
+            item, carry = _coalesce(item, stream)
             if item is None:
                 return  # cancelled: the client is gone, nobody to send to
             if isinstance(item, ModelFailure):
@@ -346,10 +339,15 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
             if item.tokens:
                 outcome["tokens"] += len(item.tokens)
                 self._metrics.tokens.labels(served.name).inc(len(item.tokens))
-                sending = time.perf_counter()
+                sending, cpu = time.perf_counter(), time.thread_time()
                 yield event_type(tokens=decoder_pb2.TokenChunk(start=item.start, ids=item.tokens))
                 send.observe(time.perf_counter() - sending)
-                last_sent = self._clock()
+                if item.finish is None:
+                    if pacing is None:
+                        engine.release(stream, 0.0)
+                    else:
+                        pacing.observe(time.thread_time() - cpu)
+                        engine.release(stream, pacing.hold_s(engine.active))
             if item.finish is not None:
                 outcome["reason"] = item.finish
                 self._metrics.finishes.labels(served.name, item.finish).inc()
@@ -432,42 +430,33 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         context.abort(code, message)
 
 
-def _coalesce(
-    item: _Event,
-    stream: Stream,
-    hold_until: float | None = None,
-    clock: Callable[[], float] = time.monotonic,
-) -> tuple[_Event, _Event]:
-    """``item`` merged with the token updates behind it, to go as one message; and the first
-    event that could not be merged (a failure or cancellation), if any.
+def _coalesce(item: _Event, stream: Stream) -> tuple[_Event, _Event]:
+    """``item`` merged with the token updates waiting behind it, to go as one message; and
+    the first event that could not be merged (a failure or cancellation), if any.
 
-    Takes what is already waiting and, with ``hold_until`` (a ``clock`` time), also what
-    arrives until then — unless the stream ends first, whose final update goes at once. The
-    hold sleeps on ``stream.events.ended``, not on the queue: tokens arriving meanwhile do not
-    wake the handler (see ``StreamEvents``).
-
-    Why: with many streams in one batch, the engine produces a token per stream per step; a
-    message each costs the replica (and the client) a fixed amount of Python and HTTP/2 work,
-    which then outweighs the step itself. Updates of one stream are contiguous by construction
-    (``start`` of the next = ``start + len(tokens)`` of this one).
+    Why: the engine hands a stream tokens only when its handler asked for them (see
+    ``Engine.release``) or the stream ended, but a final may land right behind the update
+    that woke the handler, and one message is cheaper than two. Updates of one stream are
+    contiguous by construction (``start`` of the next = ``start + len(tokens)`` of this one).
     """
     if not isinstance(item, Update) or item.finish is not None:
         return item, None
-    if hold_until is not None:
-        wait = hold_until - clock()
-        if wait > 0:
-            stream.events.ended.wait(wait)
-    tokens = list(item.tokens)
+    merged: list[int] = []
+    following: _Event = None
     while True:
         try:
             following = stream.events.get_nowait()
         except queue.Empty:
-            return replace(item, tokens=tuple(tokens)), None
+            following = None
+            break
         if not isinstance(following, Update):
-            return replace(item, tokens=tuple(tokens)), following  # tokens first, then the end
-        tokens += following.tokens
+            break  # tokens first, then the end
+        merged += following.tokens
         if following.finish is not None:
-            return replace(following, start=item.start, tokens=tuple(tokens)), None
+            return replace(following, start=item.start, tokens=item.tokens + tuple(merged)), None
+    if merged:
+        item = replace(item, tokens=item.tokens + tuple(merged))
+    return item, following
 
 
 def _model_info(model: ServedModel) -> decoder_pb2.ModelInfo:

@@ -42,6 +42,11 @@ def test_defaults_serve_the_default_model_on_loopback():
         ({"scheduler": {"max_batch": 0}}, ["scheduler.max_batch", "0"]),
         ({"scheduler": {"max_btach": 4}}, ["scheduler.max_btach"]),
         ({"scheduler": {"stream_interval_ms": -5}}, ["scheduler.stream_interval_ms", "-5"]),
+        ({"scheduler": {"stream_cpu_share": 1.5}}, ["scheduler.stream_cpu_share", "1.5"]),
+        (
+            {"scheduler": {"stream_interval_ms": 300}},
+            ["stream_interval_max_ms (200)", "stream_interval_ms (300)"],
+        ),
         ({"limits": {"default_deadline_s": -1}}, ["limits.default_deadline_s", "-1"]),
         ({"grace_period_s": "soon"}, ["grace_period_s", "soon"]),
         ({"log_format": "xml"}, ["log_format", "xml"]),

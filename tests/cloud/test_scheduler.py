@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tandem.cloud.scheduler import Scheduler, Sequence
+from tandem.cloud.scheduler import RELEASE_NEVER, Scheduler, Sequence
 from tandem.cloud.validation import Job, ServedModel
 from tandem.errors import Overloaded
 from tandem.runtime.decoding import GenerationParams, StepResult
@@ -43,13 +43,19 @@ def test_batch_and_queue_are_bounded_and_joins_happen_every_step(served):
 
 def test_chunks_are_contiguous_from_the_prefix_and_the_forced_token_leads(served):
     sched = Scheduler(4, 4, 0.1)
-    sched.submit(_seq(served, 0, prefix=(7,), lead=(7,), start=0))
-    sched.submit(_seq(served, 1, prefix=(7, 8, 9), start=3))
+    seqs = [
+        _seq(served, 0, prefix=(7,), lead=(7,), start=0),
+        _seq(served, 1, prefix=(7, 8, 9), start=3),
+    ]
+    for seq in seqs:
+        sched.submit(seq)
     sched.plan(0.0, 0.01)
     first = sched.record(
         [StepResult(0, 1, 20, None), StepResult(0, 2, 21, None), StepResult(1, 3, 30, None)], 0.1
     )
     assert [(u.key, u.start, u.tokens) for u in first] == [(0, 0, (7, 20, 21)), (1, 3, (30,))]
+    for seq in seqs:
+        seq.release_s = 0.15  # both handlers sent their first chunk and ask for more
     last = sched.record([StepResult(0, 3, 22, "length"), StepResult(1, 4, 31, None)], 0.2)
     assert [(u.key, u.start, u.tokens, u.finish) for u in last] == [
         (0, 3, (22,), "length"),
@@ -87,3 +93,39 @@ def test_cancel_of_a_queued_request_frees_its_queue_slot(served):
     sched.cancel(1)
     sched.submit(_seq(served, 2))  # the slot is free again
     assert sched.queued_count == 1
+
+
+def test_tokens_wait_on_the_sequence_until_its_handler_asks_and_the_end_never_waits(served):
+    """After the first hand-over a sequence's tokens are held until ``release_s``: one
+    update for all of them, none in between; its last tokens go with the final at once."""
+    sched = Scheduler(4, 4, 0.1)
+    seq = _seq(served, 0, max_new=5)
+    sched.submit(seq)
+    sched.plan(0.0, 0.01)
+    assert [u.tokens for u in sched.record([StepResult(0, 0, 10, None)], 0.01)] == [(10,)]
+    assert seq.release_s == RELEASE_NEVER  # until the handler has sent (10,)
+    assert sched.record([StepResult(0, 1, 11, None)], 0.02) == []
+    seq.release_s = 0.05  # sent; the next message is due 30 ms on
+    assert sched.record([StepResult(0, 2, 12, None)], 0.03) == []
+    due = sched.record([StepResult(0, 3, 13, None)], 0.05)
+    assert [(u.start, u.tokens, u.finish) for u in due] == [(1, (11, 12, 13), None)]
+    final = sched.record([StepResult(0, 4, 14, "length")], 0.06)  # held, but the end is not
+    assert [(u.start, u.tokens, u.finish, u.token_count) for u in final] == [
+        (4, (14,), "length", 5)
+    ]
+
+
+def test_a_deadline_final_carries_the_held_tokens(served):
+    sched = Scheduler(4, 4, 0.1, deadline_margin_s=0.05)
+    seq = _seq(served, 0, deadline_s=1.0)
+    sched.submit(seq)
+    sched.plan(0.0, 0.01)
+    sched.record([StepResult(0, 0, 10, None)], 0.01)
+    sched.record([StepResult(0, 1, 11, None), StepResult(0, 2, 12, None)], 0.02)
+    (final,) = sched.plan(0.99, 0.01).updates
+    assert (final.start, final.tokens, final.finish, final.token_count) == (
+        1,
+        (11, 12),
+        "deadline",
+        3,
+    )

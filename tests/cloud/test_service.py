@@ -110,3 +110,36 @@ def test_sixteen_concurrent_clients_are_batched_and_all_correct(serve, model):
         "tandem_cloud_batch_size_count", {"model": model.manifest.name}
     )
     assert sizes / steps > 2, "concurrent requests must share batched steps"
+
+
+def _chunks(client, req) -> list[int]:
+    """The lengths of a stream's token chunks, in order."""
+    return [
+        len(event.tokens.ids)
+        for event in client.Decode(req, timeout=20)
+        if event.WhichOneof("event") == "tokens"
+    ]
+
+
+def test_tokens_between_the_first_chunk_and_the_end_wait_for_the_stream_interval(serve, model):
+    """The first chunk goes at once, then at most one per ``stream_interval_ms``, and the
+    last tokens the moment the sequence ends: with a 60 s interval a 40-token answer is two
+    chunks; with 0, a chunk goes whenever the previous one is out (on this tiny model a
+    step is shorter than a send, so how many tokens each holds varies)."""
+    src = _sources(1, seed=5)[0]
+    req = request(model, src, min_new_tokens=40, max_new_tokens=40)
+    hold = {"stream_interval_ms": 60_000, "stream_interval_max_ms": 60_000}
+    held = _chunks(stub(serve(scheduler=hold)), req)
+    assert sum(held) == 40 and len(held) == 2 and held[0] <= 2
+    unheld = _chunks(stub(serve(scheduler={"stream_interval_ms": 0})), req)
+    assert sum(unheld) == 40 and len(unheld) > 2
+
+
+def test_the_hold_follows_the_measured_cost_of_a_message(serve, model):
+    """With a CPU share so small that one stream's messages would exceed it at any pace,
+    the hold reaches its longest: the answer is its first chunk and its last."""
+    src = _sources(1, seed=6)[0]
+    req = request(model, src, min_new_tokens=40, max_new_tokens=40)
+    paced = {"stream_interval_ms": 1, "stream_cpu_share": 1e-6, "stream_interval_max_ms": 60_000}
+    chunks = _chunks(stub(serve(scheduler=paced)), req)
+    assert sum(chunks) == 40 and len(chunks) == 2

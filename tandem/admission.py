@@ -105,9 +105,14 @@ class Watchdog:
 
     def after(self, delay_s: float, callback: Callable[[], None]) -> _Alarm:
         alarm = _Alarm(callback)
+        entry = (self._clock() + delay_s, next(self._seq), alarm)
         with self._cond:
-            heapq.heappush(self._heap, (self._clock() + delay_s, next(self._seq), alarm))
-            self._cond.notify()
+            heapq.heappush(self._heap, entry)
+            if self._heap[0] is entry:
+                # Only a new earliest alarm changes how long the thread sleeps: with one
+                # timeout for every call, that is only when the heap was empty, and a busy
+                # server does not wake this thread once per call.
+                self._cond.notify()
         return alarm
 
     def _run(self) -> None:

@@ -48,6 +48,11 @@ Targets (a quiet machine): ``floor_p50_ratio_c16 <= 1.3``, ``floor_p50_ratio_c1 
 
     python bench/cloud_throughput.py [--quick] [--model default|random:opus-mt-en-de|DIR ...]
 
+``--per-client N``: requests each client sends per run (default ``max(2, 16 / clients)``: at
+concurrency 16, two waves, the first of which arrives together as the floor's does; 16 is the
+steady state, where a wave's requests arrive over several milliseconds and join in several
+runs).
+
 ``--quick``: concurrency 1 and 16 on the default model, in well under two minutes. The last
 line printed is one JSON object: ``speedup_c16`` (batched tokens/s at concurrency 16 /
 one-at-a-time), ``p50_ratio_c16`` (batched p50 latency at concurrency 16 / at concurrency 1),
@@ -512,7 +517,7 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict:
     """The floor and both replicas side by side; every repeat runs each (concurrency, system)
     once, in an order rotating over repeats, so slow drifts in background load hit all alike."""
     bundle = resolve(model, args.cache)
-    per_client = {c: max(2, 16 // c) for c in args.concurrency}
+    per_client = {c: args.per_client or max(2, 16 // c) for c in args.concurrency}
     requests = make_requests(bundle, 64, args.tokens)
     requests_path = workdir / "requests.pickle"
     requests_path.write_bytes(pickle.dumps([r.SerializeToString() for r in requests]))
@@ -743,6 +748,13 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=None)
     parser.add_argument("--tokens", type=int, default=32, help="tokens generated per request")
     parser.add_argument("--repeats", type=int, default=3, help="paired repeats per point")
+    parser.add_argument(
+        "--per-client",
+        type=int,
+        default=None,
+        help="requests each client sends per run (default: max(2, 16 / clients)); at "
+        "concurrency 16 the default is two waves that start together, 16 the steady state",
+    )
     parser.add_argument(
         "--threads",
         type=int,

@@ -161,14 +161,16 @@ def test_end_streams_ends_watches(server):
 
 
 def test_the_watchdog_runs_alarms_in_order_and_never_a_cancelled_one():
+    """An earlier alarm wakes the sleeping thread; a later one (no wake-up) still fires."""
     watchdog = Watchdog()
     fired = []
     done = threading.Event()
     watchdog.after(0.2, lambda: (fired.append("late"), done.set()))
     watchdog.after(0.05, lambda: fired.append("early"))
     watchdog.after(0.1, lambda: fired.append("cancelled")).cancel()
+    watchdog.after(0.15, lambda: fired.append("middle"))
     assert done.wait(2)
-    assert fired == ["early", "late"]
+    assert fired == ["early", "middle", "late"]
 
 
 def test_a_call_started_on_seeing_the_last_ones_status_is_never_refused(server):

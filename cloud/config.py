@@ -64,10 +64,10 @@ class SchedulerConfig:
     Python and HTTP/2 work per stream per step, which with a full batch outweighs the batched
     step itself; 0 sends every step's tokens at once."""
     stream_cpu_share: float = 0.02
-    """Share of one core a model's streams together may spend on token messages between
-    their first and their last: with many streams the hold grows past
-    ``stream_interval_ms`` (see ``tandem.cloud.pacing``); 0 keeps it at
-    ``stream_interval_ms``."""
+    """Share of one core a model's Decode streams together may spend on token messages
+    between their first and their last: with many streams the hold grows past
+    ``stream_interval_ms`` (see ``tandem.cloud.pacing``; Handoff streams are never held
+    longer); 0 keeps it at ``stream_interval_ms``."""
     stream_interval_max_ms: int = 200
     """Longest hold between two token messages however busy the replica is; well below the
     edge agent's ``handoff_stall_s`` (0.5 s), which takes a silent stream as stalled."""

@@ -9,7 +9,9 @@ with the number of streams: every stream of a model together may spend at most
 stream waits more than ``max_s`` between two (the edge agent takes a stream that shows no
 progress for half a second as stalled). Alone on a replica a stream is held ``min_s``
 (``scheduler.stream_interval_ms``), as before. The first tokens and the end of a stream are
-never held: time to first token and total latency do not depend on the pacing.
+never held: time to first token and total latency do not depend on the pacing. Handoff
+streams are not paced: the device stops its own decoding once the cloud's stream passes it,
+so their tokens wait ``min_s`` at most.
 
 Pure arithmetic and one running average; the servicer measures each message's CPU with
 ``time.thread_time`` and asks for the next hold.

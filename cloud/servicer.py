@@ -264,8 +264,17 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
             stream = engine.submit(job, arrived, deadline)
             if not context.add_callback(lambda: engine.cancel(stream)):
                 engine.cancel(stream)
+            # Not paced: the device stops decoding once the cloud's stream passes it, so a
+            # Handoff's tokens are held no longer than stream_interval_ms, however busy.
             yield from self._relay(
-                stream, engine, context, served, outcome, stages["send"], decoder_pb2.HandoffEvent
+                stream,
+                engine,
+                context,
+                served,
+                outcome,
+                stages["send"],
+                decoder_pb2.HandoffEvent,
+                paced=False,
             )
         finally:
             self._limiter.release(principal.client)
@@ -312,12 +321,14 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         outcome: dict,
         send: Any,
         event_type: type = decoder_pb2.DecodeEvent,
+        paced: bool = True,
     ) -> Iterator:
         """Engine updates -> ``event_type`` messages (DecodeEvent, HandoffEvent: both carry
         ``tokens`` and ``final``), as they come; returns when the stream ends.
 
         ``send`` (the stage histogram) times each ``yield``: gRPC serializes and writes the
-        message before it asks for the next one."""
+        message before it asks for the next one. Between two token messages the engine holds
+        the stream's tokens: ``Pacing.hold_s`` if ``paced``, else ``stream_interval_ms``."""
         carry: _Event = None
         pacing = self._pacing[served.fingerprint]
         while True:
@@ -343,11 +354,11 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
                 yield event_type(tokens=decoder_pb2.TokenChunk(start=item.start, ids=item.tokens))
                 send.observe(time.perf_counter() - sending)
                 if item.finish is None:
-                    if pacing is None:
-                        engine.release(stream, 0.0)
-                    else:
+                    hold_s = 0.0
+                    if pacing is not None:
                         pacing.observe(time.thread_time() - cpu)
-                        engine.release(stream, pacing.hold_s(engine.active))
+                        hold_s = pacing.hold_s(engine.active) if paced else pacing.min_s
+                    engine.release(stream, hold_s)
             if item.finish is not None:
                 outcome["reason"] = item.finish
                 self._metrics.finishes.labels(served.name, item.finish).inc()

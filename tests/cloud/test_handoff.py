@@ -280,3 +280,27 @@ def test_handoff_metrics(serve, model):
     assert metric("tandem_cloud_handoff_prefix_tokens_sum", labels) == 3
     assert metric("tandem_cloud_handoff_prefix_wait_seconds_count", labels) == 1
     assert metric("tandem_cloud_tokens_total", labels) == len(want) - 3
+
+
+def test_a_handoff_is_held_no_longer_than_the_interval_however_busy(serve, model):
+    """Pacing that holds a Decode stream to its first chunk and its last leaves a Handoff's
+    chunks at ``stream_interval_ms``: the device stops decoding once the cloud passes it."""
+    paced = {"stream_interval_ms": 1, "stream_cpu_share": 1e-6, "stream_interval_max_ms": 60_000}
+    client = stub(serve(scheduler=paced))
+    start = request(model, SOURCE, min_new_tokens=40, max_new_tokens=40)
+    decode_chunks = sum(
+        1 for e in client.Decode(start, timeout=20) if e.WhichOneof("event") == "tokens"
+    )
+    h = Handoff(client, start)
+    chunks = 0
+    try:
+        for event in h.call:
+            kind = event.WhichOneof("event")
+            if kind == "accepted":
+                h.send_prefix([])
+                h.close()
+            elif kind == "tokens":
+                chunks += 1
+    finally:
+        h.close()
+    assert decode_chunks == 2 and chunks > 2

@@ -7,8 +7,8 @@ batched step; ``record(results, now_s)`` turns the step's ``StepResult``s into p
 ``Update``s. A request's tokens are handed over at once the first time, then only once its
 handler asks for more (``release_s``, set after each message it sends: the hold between two
 token messages), and always with the end; in between they wait on the sequence. So the
-handler thread is woken once per message it sends, not once per step, and the engine makes
-no per-step object for a request that is not due. ``tandem.cloud.engine`` runs the plans
+handler thread is woken once per message it sends, not once per step, and a request that is
+not due costs the engine no ``Update`` and no queue. ``tandem.cloud.engine`` runs the plans
 against the model in its own thread.
 
 Token positions follow decoder.proto: ``start`` counts the whole generated sequence, prefix

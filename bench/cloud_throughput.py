@@ -747,7 +747,13 @@ def main() -> int:
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=None)
     parser.add_argument("--tokens", type=int, default=32, help="tokens generated per request")
-    parser.add_argument("--repeats", type=int, default=3, help="paired repeats per point")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="paired repeats per point (default 3; --quick: 7, its runs being short: two "
+        "waves of 16 requests at concurrency 16, which one stall of the host moves)",
+    )
     parser.add_argument(
         "--per-client",
         type=int,
@@ -780,6 +786,8 @@ def main() -> int:
         kind, requests_path, bundle, config = args.worker
         worker(kind, Path(requests_path), Path(bundle), Path(config))
         return 0
+    if args.repeats is None:
+        args.repeats = 7 if args.quick else 3
     if args.concurrency is None:
         args.concurrency = [1, 16] if args.quick else [1, 4, 16, 64]
     if 1 not in args.concurrency or 16 not in args.concurrency:

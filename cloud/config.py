@@ -45,6 +45,10 @@ def _text(config: Any, *names: str, limit: int = MAX_PATH_CHARS) -> None:
         )
 
 
+_STREAM_HOLD_MAX_MS = 200
+"""Default longest hold between two token messages (``stream_interval_max_ms``)."""
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     """Continuous batching limits of each served model bundle."""
@@ -68,19 +72,29 @@ class SchedulerConfig:
     between their first and their last: with many streams the hold grows past
     ``stream_interval_ms`` (see ``tandem.cloud.pacing``; Handoff streams are never held
     longer); 0 keeps it at ``stream_interval_ms``."""
-    stream_interval_max_ms: int = 200
-    """Longest hold between two token messages however busy the replica is; well below the
-    edge agent's ``handoff_stall_s`` (0.5 s), which takes a silent stream as stalled."""
+    stream_interval_max_ms: int | None = None
+    """Longest hold between two token messages however busy the replica is; None: 200 ms
+    (or ``stream_interval_ms``, if that is longer), well below the edge agent's
+    ``handoff_stall_s`` (0.5 s), which takes a silent stream as stalled."""
 
     def __post_init__(self) -> None:
         bound(self, "max_batch", "max_queue", "retry_after_ms", ge=1)
-        bound(self, "stream_interval_ms", "stream_interval_max_ms", ge=0)
+        bound(self, "stream_interval_ms", ge=0)
         bound(self, "stream_cpu_share", ge=0, le=1)
-        require(
-            self.stream_interval_max_ms >= self.stream_interval_ms,
-            f"stream_interval_max_ms ({self.stream_interval_max_ms}) must be at least "
-            f"stream_interval_ms ({self.stream_interval_ms})",
-        )
+        if self.stream_interval_max_ms is not None:
+            bound(self, "stream_interval_max_ms", ge=0)
+            require(
+                self.stream_interval_max_ms >= self.stream_interval_ms,
+                f"stream_interval_max_ms ({self.stream_interval_max_ms}) must be at least "
+                f"stream_interval_ms ({self.stream_interval_ms})",
+            )
+
+    @property
+    def stream_hold_max_ms(self) -> int:
+        """The longest hold in effect (``stream_interval_max_ms`` or its default)."""
+        if self.stream_interval_max_ms is not None:
+            return self.stream_interval_max_ms
+        return max(_STREAM_HOLD_MAX_MS, self.stream_interval_ms)
 
 
 @dataclass(frozen=True)

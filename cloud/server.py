@@ -248,7 +248,7 @@ def create_server(
         pacing={
             fp: Pacing(
                 sched.stream_interval_ms / 1000.0,
-                sched.stream_interval_max_ms / 1000.0,
+                sched.stream_hold_max_ms / 1000.0,
                 sched.stream_cpu_share,
             )
             for fp in engines

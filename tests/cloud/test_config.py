@@ -28,6 +28,10 @@ def test_defaults_serve_the_default_model_on_loopback():
     assert config.bundles == () and not config.authenticates
     assert config.scheduler.max_batch >= 16
     assert config.scheduler.stream_interval_ms == 20
+    assert config.scheduler.stream_hold_max_ms == 200
+    # A config from before stream_interval_max_ms, with a longer interval, still loads.
+    longer = parse_cloud_config({"scheduler": {"stream_interval_ms": 300}}).scheduler
+    assert longer.stream_hold_max_ms == 300
     assert (
         parse_cloud_config({"scheduler": {"stream_interval_ms": 0}}).scheduler.stream_interval_ms
         == 0
@@ -44,7 +48,7 @@ def test_defaults_serve_the_default_model_on_loopback():
         ({"scheduler": {"stream_interval_ms": -5}}, ["scheduler.stream_interval_ms", "-5"]),
         ({"scheduler": {"stream_cpu_share": 1.5}}, ["scheduler.stream_cpu_share", "1.5"]),
         (
-            {"scheduler": {"stream_interval_ms": 300}},
+            {"scheduler": {"stream_interval_ms": 300, "stream_interval_max_ms": 200}},
             ["stream_interval_max_ms (200)", "stream_interval_ms (300)"],
         ),
         ({"limits": {"default_deadline_s": -1}}, ["limits.default_deadline_s", "-1"]),

@@ -282,12 +282,12 @@ def test_handoff_metrics(serve, model):
     assert metric("tandem_cloud_tokens_total", labels) == len(want) - 3
 
 
-def test_a_handoff_is_held_no_longer_than_the_interval_however_busy(serve, model):
+def test_a_handoff_is_held_no_longer_than_the_interval_however_busy(serve, long_model):
     """Pacing that holds a Decode stream to its first chunk and its last leaves a Handoff's
     chunks at ``stream_interval_ms``: the device stops decoding once the cloud passes it."""
     paced = {"stream_interval_ms": 1, "stream_cpu_share": 1e-6, "stream_interval_max_ms": 60_000}
-    client = stub(serve(scheduler=paced))
-    start = request(model, SOURCE, min_new_tokens=40, max_new_tokens=40)
+    client = stub(serve(models=[long_model], scheduler=paced))
+    start = request(long_model, SOURCE, min_new_tokens=600, max_new_tokens=600)
     decode_chunks = sum(
         1 for e in client.Decode(start, timeout=20) if e.WhichOneof("event") == "tokens"
     )
@@ -303,4 +303,4 @@ def test_a_handoff_is_held_no_longer_than_the_interval_however_busy(serve, model
                 chunks += 1
     finally:
         h.close()
-    assert decode_chunks == 2 and chunks > 2
+    assert decode_chunks == 2 and chunks > 10

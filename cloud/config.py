@@ -73,9 +73,9 @@ class SchedulerConfig:
     ``stream_interval_ms`` (see ``tandem.cloud.pacing``; Handoff streams are never held
     longer); 0 keeps it at ``stream_interval_ms``."""
     stream_interval_max_ms: int | None = None
-    """Longest hold between two token messages however busy the replica is; None: 200 ms
-    (or ``stream_interval_ms``, if that is longer), well below the edge agent's
-    ``handoff_stall_s`` (0.5 s), which takes a silent stream as stalled."""
+    """Longest hold between two token messages of a Decode stream however busy the replica
+    is, so the app behind the edge agent sees progress at least this often; None: 200 ms (or
+    ``stream_interval_ms``, if that is longer)."""
 
     def __post_init__(self) -> None:
         bound(self, "max_batch", "max_queue", "retry_after_ms", ge=1)

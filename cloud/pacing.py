@@ -6,8 +6,8 @@ also runs the batched steps, against 40 us hot. With a full batch, one message p
 every 20 ms cost more than a tenth of the core; those are steps not taken. So the hold grows
 with the number of streams: every stream of a model together may spend at most
 ``cpu_share`` of one core on token messages between their first and their last, and no
-stream waits more than ``max_s`` between two (the edge agent takes a stream that shows no
-progress for half a second as stalled). Alone on a replica a stream is held ``min_s``
+stream waits more than ``max_s`` between two (the app behind the edge agent sees progress at
+least that often). Alone on a replica a stream is held ``min_s``
 (``scheduler.stream_interval_ms``), as before. The first tokens and the end of a stream are
 never held: time to first token and total latency do not depend on the pacing. Handoff
 streams are not paced: the device stops its own decoding once the cloud's stream passes it,

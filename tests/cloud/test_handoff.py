@@ -299,4 +299,4 @@ def test_a_handoff_is_held_no_longer_than_the_interval_however_busy(serve, long_
     chunks: list[int] = []
     ids, _ = handoff(client, start, [], chunks)
     assert len(ids) == 600
-    assert decode_chunks == 2 and len(chunks) > 10
+    assert decode_chunks <= 2 and len(chunks) > 10

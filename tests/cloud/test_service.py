@@ -129,16 +129,17 @@ def test_tokens_between_the_first_chunk_and_the_end_wait_for_the_stream_interval
     req = request(long_model, [5, 6, 7, 1], min_new_tokens=600, max_new_tokens=600)
     hold = {"stream_interval_ms": 60_000, "stream_interval_max_ms": 60_000}
     held = _chunks(stub(serve(models=[long_model], scheduler=hold)), req)
-    assert sum(held) == 600 and len(held) == 2 and held[0] <= 2
+    assert sum(held) == 600 and len(held) <= 2  # one if the end beat the handler
+    assert len(held) == 1 or held[0] <= 2, "the first chunk goes at once"
     unheld = _chunks(stub(serve(models=[long_model], scheduler={"stream_interval_ms": 0})), req)
     assert sum(unheld) == 600 and len(unheld) > 10
 
 
-def test_the_hold_follows_the_measured_cost_of_a_message(serve, model):
+def test_the_hold_follows_the_measured_cost_of_a_message(serve, long_model):
     """With a CPU share so small that one stream's messages would exceed it at any pace,
-    the hold reaches its longest: the answer is its first chunk and its last."""
-    src = _sources(1, seed=6)[0]
-    req = request(model, src, min_new_tokens=40, max_new_tokens=40)
+    the hold reaches its longest: a 600-token answer is its first chunk and its last (or
+    one chunk, when the end lands before the handler took the first)."""
+    req = request(long_model, [5, 6, 7, 1], min_new_tokens=600, max_new_tokens=600)
     paced = {"stream_interval_ms": 1, "stream_cpu_share": 1e-6, "stream_interval_max_ms": 60_000}
-    chunks = _chunks(stub(serve(scheduler=paced)), req)
-    assert sum(chunks) == 40 and len(chunks) == 2
+    chunks = _chunks(stub(serve(models=[long_model], scheduler=paced)), req)
+    assert sum(chunks) == 600 and len(chunks) <= 2

@@ -84,8 +84,8 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         metrics: Metrics,
         replica_id: str,
         default_deadline_s: float,
+        pacing: Mapping[str, Pacing],
         clock: Callable[[], float] = time.monotonic,
-        pacing: Mapping[str, Pacing] | None = None,
         handoff_prefix_timeout_s: float = 2.0,
     ) -> None:
         self._engines = dict(engines)
@@ -96,8 +96,8 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         self._replica_id = replica_id
         self._default_deadline_s = default_deadline_s
         self._clock = clock
-        self._pacing = {fp: pacing.get(fp) if pacing else None for fp in self._engines}
-        """Per model fingerprint; None sends every step's tokens at once."""
+        self._pacing = {fp: pacing[fp] for fp in self._engines}
+        """Per model fingerprint."""
         self._stage_timers: dict[str, dict] = {}
         self._handoff_prefix_timeout_s = handoff_prefix_timeout_s
         self._watchdog: Watchdog | None = None  # started by the first Handoff
@@ -354,11 +354,8 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
                 yield event_type(tokens=decoder_pb2.TokenChunk(start=item.start, ids=item.tokens))
                 send.observe(time.perf_counter() - sending)
                 if item.finish is None:
-                    hold_s = 0.0
-                    if pacing is not None:
-                        pacing.observe(time.thread_time() - cpu)
-                        hold_s = pacing.hold_s(engine.active) if paced else pacing.min_s
-                    engine.release(stream, hold_s)
+                    pacing.observe(time.thread_time() - cpu)
+                    engine.release(stream, pacing.hold_s(engine.active) if paced else pacing.min_s)
             if item.finish is not None:
                 outcome["reason"] = item.finish
                 self._metrics.finishes.labels(served.name, item.finish).inc()
